@@ -1,0 +1,48 @@
+"""Shin Gateway: an OpenAI-compatible LLM gateway.
+
+create_app() builds settings → adapters → Router → Service and registers the
+API; nothing is built at import time, so two configurations can live in one
+process and tests need no monkeypatching.
+"""
+from __future__ import annotations
+
+import os
+
+
+
+def create_app(config_path: str | os.PathLike | None = None, settings=None):
+    # Imported here, not at module level: the gunicorn master imports this
+    # package to validate configs and must not load ssl before gevent patches.
+    from flask import Flask
+
+    from . import api
+    from .keys import KeyChecker
+    from .logging import install as install_logging
+    from .providers import ADAPTERS, build_adapters
+    from .redact import Redactor
+    from .routing import Router
+    from .service import Service
+    from .settings import ConfigError, load_settings
+
+    settings = settings or load_settings(config_path, providers=ADAPTERS)
+    redactor = Redactor(settings.secrets)
+    log = install_logging(redactor)
+    for warning in settings.warnings:
+        log.warning("config %s: %s", settings.config_path, warning)
+    if not settings.master_key:
+        log.warning("no master_key is set: the gateway serves without authentication")
+    try:
+        adapters = build_adapters(settings.deployments, pool_maxsize=settings.worker_connections,
+                                  redactor=redactor)
+    except ValueError as exc:
+        raise ConfigError(f"{settings.config_path}: {exc}") from None
+    service = Service(settings, KeyChecker(settings.master_key), Router(settings.deployments, settings.router),
+                      adapters)
+
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_request_body_bytes
+    app.json.sort_keys = False
+    app.url_map.strict_slashes = False
+    app.extensions["gateway"] = service
+    api.register(app, settings.cors_allow_origins)
+    return app

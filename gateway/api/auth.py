@@ -1,0 +1,27 @@
+"""Who is calling: the key from `Authorization: Bearer`, `api-key` or `x-api-key`."""
+from __future__ import annotations
+
+from functools import wraps
+
+from flask import current_app, request
+
+
+def presented_key(headers) -> str | None:
+    authorization = headers.get("Authorization")
+    if authorization:
+        scheme, _, value = authorization.partition(" ")
+        return value.strip() if scheme.lower() == "bearer" else authorization.strip()
+    return headers.get("api-key") or headers.get("x-api-key")
+
+
+def authenticated(view):
+    """Pass the caller's Principal as the view's first argument, or answer 401."""
+    @wraps(view)
+    def wrapper(*args, **kwargs):
+        principal = current_app.extensions["gateway"].authenticate(presented_key(request.headers))
+        return view(principal, *args, **kwargs)
+    return wrapper
+
+
+def service():
+    return current_app.extensions["gateway"]

@@ -1,0 +1,100 @@
+"""Validate at the edge, by decorator, then pass a typed ModelRequest inward.
+
+Order of checks: media type, size (Flask's MAX_CONTENT_LENGTH), JSON, object,
+credential and URL fields a client must never set, then the marshmallow schema.
+The first failing field path becomes OpenAI's `param`.
+"""
+from __future__ import annotations
+
+from functools import wraps
+
+import orjson
+from flask import g, request
+from marshmallow import Schema
+
+from ..errors import ForbiddenParameter, InvalidRequest, UnsupportedMediaType
+from ..types import ModelRequest
+
+# Fields that would let a client choose the upstream URL, credentials or headers.
+FORBIDDEN_FIELDS = frozenset({
+    "api_base", "base_url", "api_url", "api_key", "api_version", "azure_ad_token", "azure_ad_token_provider",
+    "azure_api_key", "azure_endpoint", "azure_deployment", "vertex_credentials", "vertex_project",
+    "vertex_location", "client_id", "client_secret", "tenant_id", "extra_headers", "headers",
+    "proxy", "proxies", "custom_llm_provider", "litellm_params", "organization", "user_api_key",
+    "aws_access_key_id", "aws_secret_access_key", "aws_session_token", "aws_region_name",
+    "aws_profile_name", "aws_role_name", "aws_web_identity_token", "aws_bedrock_runtime_endpoint",
+})
+
+
+def validated(schema: Schema, endpoint: str):
+    """Turn the request body into a ModelRequest for `endpoint`, or raise a 4xx GatewayError."""
+    known = frozenset(schema.fields)
+
+    def decorator(view):
+        @wraps(view)
+        def wrapper(*args, **kwargs):
+            body = read_json_object()
+            _reject_forbidden(body)
+            errors = schema.validate(body)
+            if errors:
+                raise _schema_error(errors)
+            stream = body.get("stream") is True
+            options = body.get("stream_options") or {}
+            call = ModelRequest(
+                endpoint=endpoint, model=body["model"],
+                params={k: v for k, v in body.items() if k in known},
+                extra={k: v for k, v in body.items() if k not in known},
+                stream=stream, include_usage=stream and options.get("include_usage") is True,
+                request_id=g.request_id)
+            return view(call, *args, **kwargs)
+        return wrapper
+    return decorator
+
+
+def read_json_object() -> dict:
+    content_type = request.mimetype
+    if content_type and content_type != "application/json" and not content_type.endswith("+json"):
+        raise UnsupportedMediaType(f"Unsupported Content-Type '{content_type}': "
+                                   f"send the body as JSON with 'Content-Type: application/json'.")
+    raw = request.get_data(cache=False)
+    if not raw:
+        raise InvalidRequest("The request body is empty: send a JSON object.")
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequest(f"We could not parse the JSON body of your request: {exc}.") from None
+    if not isinstance(body, dict):
+        raise InvalidRequest("The request body must be a JSON object.")
+    return body
+
+
+def _reject_forbidden(body: dict) -> None:
+    for key in body:
+        if key in FORBIDDEN_FIELDS or key.startswith("aws_"):
+            raise ForbiddenParameter(
+                f"'{key}' is not allowed in a request: upstream URLs and credentials come only "
+                f"from the gateway's config.", param=key)
+
+
+def _schema_error(errors: dict) -> InvalidRequest:
+    path, message = _first_error(errors)
+    return InvalidRequest(f"Invalid value for '{path}': {message}", param=path)
+
+
+def _first_error(errors, prefix: str = "") -> tuple[str, str]:
+    if isinstance(errors, dict):
+        key, value = next(iter(errors.items()))
+        if key == "_schema":
+            return _first_error(value, prefix)
+        if isinstance(key, int):
+            return _first_error(value, f"{prefix}[{key}]")
+        return _first_error(value, f"{prefix}.{key}" if prefix else str(key))
+    if isinstance(errors, list) and errors:
+        first = errors[0]
+        if isinstance(first, (dict, list)):
+            return _first_error(first, prefix)
+        message = str(first)
+        if message == "Missing data for required field.":
+            message = "is required."
+        return prefix, message
+    return prefix, str(errors)

@@ -1,0 +1,84 @@
+"""`shin-gateway`: run the gateway under gunicorn, or check a config file.
+
+    shin-gateway [--config PATH] [--host HOST] [--port PORT] [--workers N]
+    shin-gateway check-config [--config PATH]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    config = _config_path(args.config)
+    if args.command == "check-config":
+        return check_config(config)
+    return serve(config, args.host, args.port, args.workers)
+
+
+def check_config(config: Path) -> int:
+    from . import create_app
+    from .settings import ConfigError
+
+    try:
+        app = create_app(config)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    settings = app.extensions["gateway"].settings
+    print(f"{config}: OK — {len(settings.deployments)} deployments in "
+          f"{len(settings.model_names)} model groups: {', '.join(settings.model_names)}")
+    return 0
+
+
+def serve(config: Path, host: str | None, port: int | None, workers: int | None) -> int:
+    """Replace this process by the gunicorn master (so signals and systemd see gunicorn itself)."""
+    os.environ["SHIN_GATEWAY_CONFIG"] = str(config)
+    argv = [sys.executable, "-m", "gunicorn", "-c", str(PROJECT_ROOT / "config" / "gunicorn.conf.py"),
+            "--chdir", str(PROJECT_ROOT)]
+    if host or port:
+        from .server import PORT
+        argv += ["--bind", f"{_host(host, config)}:{port or PORT}"]
+    if workers:
+        argv += ["--workers", str(workers)]
+    argv.append("wsgi:app")
+    os.execv(sys.executable, argv)
+    return 0  # not reached
+
+
+def _host(host: str | None, config: Path) -> str:
+    if host:
+        return host
+    from .providers import ADAPTERS
+    from .settings import ConfigError, load_settings
+    try:
+        return "0.0.0.0" if load_settings(config, providers=ADAPTERS).master_key else "127.0.0.1"
+    except ConfigError:
+        return "127.0.0.1"  # gunicorn's config step reports the error and stops
+
+
+def _config_path(explicit: str | None) -> Path:
+    """--config, else $SHIN_GATEWAY_CONFIG, else config/config.yaml here or in the project."""
+    path = Path(explicit or os.environ.get("SHIN_GATEWAY_CONFIG") or "config/config.yaml")
+    if not path.exists() and not explicit and not os.environ.get("SHIN_GATEWAY_CONFIG"):
+        path = PROJECT_ROOT / "config" / "config.yaml"
+    return path.resolve()
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="shin-gateway", description="OpenAI-compatible LLM gateway.")
+    parser.add_argument("command", nargs="?", choices=["serve", "check-config"], default="serve")
+    parser.add_argument("--config", help="config file (default: $SHIN_GATEWAY_CONFIG or config/config.yaml)")
+    parser.add_argument("--host", help="address to bind (default 0.0.0.0 with a master key, else 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="port to bind (default 4000)")
+    parser.add_argument("--workers", type=int, help="gevent worker processes (default: one per CPU)")
+    return parser
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,371 @@
+"""The only reader of os.environ and the config file; validates at boot, fails fast.
+
+The config is the LiteLLM proxy `config.yaml` subset of CONTRACT §2. Unknown
+keys and wrong types stop start-up with the key's dotted path and its line in
+the file, so an operator fixes the right line the first time.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Collection
+
+import yaml
+from marshmallow import RAISE, Schema, ValidationError, fields, validate
+
+from .types import Deployment
+
+ENV_PREFIX = "os.environ/"
+DEFAULT_CONFIG = "config/config.yaml"
+VALIDATED_TEXT_ENV = "SHIN_GATEWAY_CONFIG_TEXT"
+ROUTING_STRATEGIES = ("simple-shuffle", "least-busy", "latency-based-routing", "usage-based-routing")
+MODES = ("chat", "embedding", "completion")
+
+
+class ConfigError(Exception):
+    """A config that must not be served; the message is meant for a human."""
+
+
+# --- schemas: the shape of the file -------------------------------------------------------
+
+class _Strict(Schema):
+    class Meta:
+        unknown = RAISE
+
+
+_positive = validate.Range(min=0, min_inclusive=False)
+_non_negative = validate.Range(min=0)
+
+
+class LitellmParamsSchema(_Strict):
+    model = fields.String(required=True, validate=validate.Regexp(
+        r"^[A-Za-z0-9_.-]+/.+", error="must be '<provider>/<upstream model>', e.g. 'openai/gpt-4o-mini'"))
+    api_base = fields.String(allow_none=True, validate=validate.URL(require_tld=False, schemes={"http", "https"}))
+    api_key = fields.String(allow_none=True)
+    api_version = fields.String(allow_none=True)
+    organization = fields.String(allow_none=True)
+    extra_headers = fields.Dict(keys=fields.String(), values=fields.String(), allow_none=True)
+    aws_access_key_id = fields.String(allow_none=True)
+    aws_secret_access_key = fields.String(allow_none=True)
+    aws_session_token = fields.String(allow_none=True)
+    aws_region_name = fields.String(allow_none=True)
+    rpm = fields.Integer(strict=True, validate=_non_negative, allow_none=True)
+    tpm = fields.Integer(strict=True, validate=_non_negative, allow_none=True)
+    timeout = fields.Float(validate=_positive, allow_none=True)
+    stream_timeout = fields.Float(validate=_positive, allow_none=True)
+    max_retries = fields.Integer(strict=True, validate=_non_negative, allow_none=True)
+    weight = fields.Float(validate=_positive, allow_none=True)
+    input_cost_per_token = fields.Float(validate=_non_negative, allow_none=True)
+    output_cost_per_token = fields.Float(validate=_non_negative, allow_none=True)
+
+
+class ModelInfoSchema(_Strict):
+    id = fields.String(allow_none=True)
+    mode = fields.String(validate=validate.OneOf(MODES), allow_none=True)
+    max_tokens = fields.Integer(strict=True, validate=_positive, allow_none=True)
+    health_check_timeout = fields.Float(validate=_positive, allow_none=True)
+    input_cost_per_token = fields.Float(validate=_non_negative, allow_none=True)
+    output_cost_per_token = fields.Float(validate=_non_negative, allow_none=True)
+
+
+class ModelEntrySchema(_Strict):
+    model_name = fields.String(required=True, validate=validate.Length(min=1))
+    litellm_params = fields.Nested(LitellmParamsSchema, required=True)
+    model_info = fields.Nested(ModelInfoSchema, allow_none=True)
+
+
+class RouterSettingsSchema(_Strict):
+    routing_strategy = fields.String(validate=validate.OneOf(ROUTING_STRATEGIES), load_default="simple-shuffle")
+    num_retries = fields.Integer(strict=True, validate=_non_negative, load_default=2)
+    timeout = fields.Float(validate=_positive, allow_none=True, load_default=None)
+    allowed_fails = fields.Integer(strict=True, validate=_non_negative, load_default=3)
+    cooldown_time = fields.Float(validate=_non_negative, load_default=5.0)
+    fallbacks = fields.List(fields.Dict(keys=fields.String(), values=fields.List(fields.String())),
+                            load_default=list)
+
+
+class LitellmSettingsSchema(_Strict):
+    drop_params = fields.Boolean(load_default=False)
+    request_timeout = fields.Float(validate=_positive, load_default=600.0)
+
+
+class GeneralSettingsSchema(_Strict):
+    master_key = fields.String(allow_none=True, load_default=None)
+    database_url = fields.String(allow_none=True, load_default=None)
+    redis_url = fields.String(allow_none=True, load_default=None)
+    max_request_body_mb = fields.Float(validate=_positive, load_default=10.0)
+    cors_allow_origins = fields.List(fields.String(), load_default=lambda: ["*"])
+    metrics_token = fields.String(allow_none=True, load_default=None)
+    background_health_checks = fields.Boolean(load_default=False)
+    health_check_interval = fields.Float(validate=_positive, load_default=300.0)
+
+
+class ConfigSchema(_Strict):
+    model_list = fields.List(fields.Nested(ModelEntrySchema), load_default=list)
+    router_settings = fields.Nested(RouterSettingsSchema, load_default=lambda: RouterSettingsSchema().load({}))
+    litellm_settings = fields.Nested(LitellmSettingsSchema, load_default=lambda: LitellmSettingsSchema().load({}))
+    general_settings = fields.Nested(GeneralSettingsSchema, load_default=lambda: GeneralSettingsSchema().load({}))
+
+
+# --- the validated result -----------------------------------------------------------------
+
+@dataclass(frozen=True)
+class RouterSettings:
+    routing_strategy: str = "simple-shuffle"
+    num_retries: int = 2
+    timeout: float | None = None
+    allowed_fails: int = 3
+    cooldown_time: float = 5.0
+    fallbacks: tuple[tuple[str, tuple[str, ...]], ...] = ()
+
+
+@dataclass(frozen=True)
+class Settings:
+    config_path: Path
+    deployments: tuple[Deployment, ...]
+    router: RouterSettings
+    drop_params: bool = False
+    master_key: str | None = field(default=None, repr=False)
+    database_url: str = "sqlite:///gateway.db"
+    redis_url: str | None = None
+    max_request_body_bytes: int = 10 * 1024 * 1024
+    cors_allow_origins: tuple[str, ...] = ("*",)
+    metrics_token: str | None = field(default=None, repr=False)
+    background_health_checks: bool = False
+    health_check_interval: float = 300.0
+    worker_connections: int = 1000
+    secrets: tuple[str, ...] = field(default=(), repr=False)   # every credential, for redaction
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def model_names(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(d.model_name for d in self.deployments))
+
+
+def config_path_from_env(explicit: str | os.PathLike | None = None) -> Path:
+    return Path(explicit or os.environ.get("SHIN_GATEWAY_CONFIG") or DEFAULT_CONFIG)
+
+
+def remember_validated(text: str) -> None:
+    """Hand the text the gunicorn master validated to the workers it forks."""
+    os.environ[VALIDATED_TEXT_ENV] = text
+
+
+def validated_text() -> str | None:
+    return os.environ.get(VALIDATED_TEXT_ENV)
+
+
+def load_settings(path: str | os.PathLike | None = None, *, providers: Collection[str] | None = None,
+                  environ: dict | None = None, text: str | None = None) -> Settings:
+    """Read, resolve and validate the config file; raise ConfigError with path and line.
+
+    `text` (or, in a gunicorn worker, SHIN_GATEWAY_CONFIG_TEXT) is the config
+    the master last validated: workers serve exactly that, even if the file
+    has since been edited into something invalid.
+    """
+    config_path = config_path_from_env(path)
+    env = os.environ if environ is None else environ
+    text = text if text is not None else env.get(VALIDATED_TEXT_ENV)
+    try:
+        text = text if text is not None else config_path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{config_path}: cannot read config file: {exc.strerror or exc}") from None
+    raw, lines = _parse_yaml(text, config_path)
+    resolved, missing = _resolve_env(raw, env)
+    try:
+        data = ConfigSchema().load(resolved)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(config_path, exc.messages, lines)) from None
+    return _build(config_path, data, lines, providers, missing, env)
+
+
+# --- YAML with line numbers ---------------------------------------------------------------
+
+def _parse_yaml(text: str, path: Path) -> tuple[Any, dict]:
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        lines: dict[tuple, int] = {}
+        data = _construct(loader, node, (), lines) if node is not None else {}
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f":{mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}{where}: invalid YAML: {exc.problem or exc}") from None
+    finally:
+        loader.dispose()
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}:1: the config must be a mapping with model_list, router_settings, …")
+    return data, lines
+
+
+def _construct(loader, node, path: tuple, lines: dict):
+    lines[path] = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        loader.flatten_mapping(node)
+        out = {}
+        for key_node, value_node in node.value:
+            key = loader.construct_object(key_node, deep=True)
+            out[key] = _construct(loader, value_node, path + (key,), lines)
+            lines[path + (key,)] = key_node.start_mark.line + 1
+        return out
+    if isinstance(node, yaml.SequenceNode):
+        return [_construct(loader, item, path + (i,), lines) for i, item in enumerate(node.value)]
+    return loader.construct_object(node, deep=True)
+
+
+def _resolve_env(value, env, missing=None):
+    """Replace every `os.environ/NAME` string; an unset variable resolves to None."""
+    missing = [] if missing is None else missing
+    if isinstance(value, dict):
+        return {k: _resolve_env(v, env, missing)[0] for k, v in value.items()}, missing
+    if isinstance(value, list):
+        return [_resolve_env(v, env, missing)[0] for v in value], missing
+    if isinstance(value, str) and value.startswith(ENV_PREFIX):
+        name = value[len(ENV_PREFIX):]
+        if name not in env:
+            missing.append(name)
+        return env.get(name), missing
+    return value, missing
+
+
+def _format_errors(path: Path, messages, lines: dict) -> str:
+    out = [f"{path}: invalid config:"]
+    for key_path, message in _flatten(messages, ()):
+        line = _line_for(key_path, lines)
+        dotted = ".".join(str(k) for k in key_path) or "(top level)"
+        if message == "Unknown field.":
+            message = "unknown key (not part of the supported config)"
+        out.append(f"  line {line}: {dotted}: {message}")
+    return "\n".join(out)
+
+
+def _flatten(messages, prefix):
+    if isinstance(messages, dict):
+        for key, value in messages.items():
+            key_path = prefix if key == "_schema" else prefix + (key,)
+            yield from _flatten(value, key_path)
+    elif isinstance(messages, list) and all(isinstance(m, str) for m in messages):
+        yield prefix, " ".join(messages)
+    elif isinstance(messages, list):
+        for item in messages:
+            yield from _flatten(item, prefix)
+    else:
+        yield prefix, str(messages)
+
+
+def _line_for(key_path: tuple, lines: dict) -> int:
+    while key_path not in lines and key_path:
+        key_path = key_path[:-1]
+    return lines.get(key_path, 1)
+
+
+# --- from validated data to Settings --------------------------------------------------------
+
+def _build(config_path: Path, data: dict, lines: dict, providers, missing, env) -> Settings:
+    litellm = data["litellm_settings"]
+    router = data["router_settings"]
+    general = data["general_settings"]
+    default_timeout = router["timeout"] or litellm["request_timeout"]
+    deployments, errors = [], []
+    seen_ids: set[str] = set()
+    for index, entry in enumerate(data["model_list"]):
+        deployment = _deployment(index, entry, default_timeout, lines)
+        where = f"  line {deployment.line}: model_list.{index}"
+        if providers is not None and deployment.provider not in providers:
+            errors.append(f"{where}.litellm_params.model: unknown provider '{deployment.provider}' "
+                          f"(supported: {', '.join(sorted(providers))})")
+        if deployment.id in seen_ids:
+            errors.append(f"{where}.model_info.id: duplicate deployment id '{deployment.id}'")
+        seen_ids.add(deployment.id)
+        deployments.append(deployment)
+    names = {d.model_name for d in deployments}
+    for i, rule in enumerate(router["fallbacks"]):
+        for group, targets in rule.items():
+            for name in [group, *targets]:
+                if name not in names:
+                    line = _line_for(("router_settings", "fallbacks", i), lines)
+                    errors.append(f"  line {line}: router_settings.fallbacks.{i}: unknown model_name '{name}'")
+    if errors:
+        raise ConfigError("\n".join([f"{config_path}: invalid config:", *errors]))
+    secrets = [d.api_key for d in deployments] + [v for d in deployments for v in d.aws.values()]
+    secrets += [general["master_key"], general["metrics_token"]]
+    return Settings(
+        config_path=config_path,
+        deployments=tuple(deployments),
+        router=RouterSettings(
+            routing_strategy=router["routing_strategy"], num_retries=router["num_retries"],
+            timeout=router["timeout"], allowed_fails=router["allowed_fails"],
+            cooldown_time=router["cooldown_time"],
+            fallbacks=tuple((g, tuple(t)) for rule in router["fallbacks"] for g, t in rule.items())),
+        drop_params=litellm["drop_params"],
+        master_key=general["master_key"] or None,
+        database_url=_database_url(general["database_url"], config_path),
+        redis_url=general["redis_url"],
+        max_request_body_bytes=int(general["max_request_body_mb"] * 1024 * 1024),
+        cors_allow_origins=tuple(general["cors_allow_origins"]),
+        metrics_token=general["metrics_token"],
+        background_health_checks=general["background_health_checks"],
+        health_check_interval=general["health_check_interval"],
+        worker_connections=_int_env(env, "SHIN_GATEWAY_WORKER_CONNECTIONS", 1000),
+        secrets=tuple(sorted({s for s in secrets if s and len(s) >= 4}, key=len, reverse=True)),
+        warnings=tuple(f"environment variable {name} is not set" for name in dict.fromkeys(missing)),
+    )
+
+
+def _deployment(index: int, entry: dict, default_timeout: float, lines: dict) -> Deployment:
+    params = entry["litellm_params"]
+    info = entry.get("model_info") or {}
+    provider, _, upstream_model = params["model"].partition("/")
+    if provider == "bedrock" and upstream_model.startswith("converse/"):
+        upstream_model = upstream_model[len("converse/"):]
+    aws = {k: params[k] for k in ("aws_access_key_id", "aws_secret_access_key",
+                                  "aws_session_token", "aws_region_name") if params.get(k)}
+    deployment_id = info.get("id") or _stable_id(index, entry["model_name"], params)
+    return Deployment(
+        id=deployment_id, model_name=entry["model_name"], provider=provider, upstream_model=upstream_model,
+        api_base=(params.get("api_base") or None) and params["api_base"].rstrip("/"),
+        api_key=params.get("api_key"),
+        timeout=params.get("timeout") or default_timeout,
+        stream_timeout=params.get("stream_timeout"),
+        max_retries=params.get("max_retries"),
+        weight=params.get("weight") or 1.0,
+        rpm=params.get("rpm"), tpm=params.get("tpm"),
+        organization=params.get("organization"), api_version=params.get("api_version"),
+        extra_headers=dict(params.get("extra_headers") or {}), aws=aws,
+        input_cost_per_token=_first(params, info, "input_cost_per_token"),
+        output_cost_per_token=_first(params, info, "output_cost_per_token"),
+        mode=info.get("mode") or "chat", max_tokens=info.get("max_tokens"),
+        health_check_timeout=info.get("health_check_timeout"),
+        line=lines.get(("model_list", index)),
+    )
+
+
+def _first(params: dict, info: dict, key: str) -> float:
+    value = params.get(key)
+    return float(value if value is not None else info.get(key) or 0.0)
+
+
+def _stable_id(index: int, model_name: str, params: dict) -> str:
+    """Same config → same id in every worker and on every instance (shared cooldown keys)."""
+    basis = f"{index}|{model_name}|{params['model']}|{params.get('api_base') or ''}"
+    return hashlib.sha256(basis.encode()).hexdigest()[:12]
+
+
+def _database_url(url: str | None, config_path: Path) -> str:
+    if not url:
+        return f"sqlite:///{(config_path.parent / 'gateway.db').resolve()}"
+    if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
+        relative = url[len("sqlite:///"):]
+        return f"sqlite:///{(config_path.parent / relative).resolve()}"
+    return url
+
+
+def _int_env(env, name: str, default: int) -> int:
+    try:
+        return int(env.get(name, default))
+    except ValueError:
+        return default

@@ -1,0 +1,96 @@
+"""Small frozen dataclasses and Protocols shared by every layer (stdlib only)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterator, Mapping, Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class Deployment:
+    """One `model_list` entry: a model group name wired to one upstream model."""
+    id: str
+    model_name: str             # the group name clients send as "model"
+    provider: str               # prefix of litellm_params.model
+    upstream_model: str         # litellm_params.model after the provider prefix
+    api_base: str | None = None
+    api_key: str | None = field(default=None, repr=False)
+    timeout: float = 600.0
+    stream_timeout: float | None = None
+    max_retries: int | None = None
+    weight: float = 1.0
+    rpm: int | None = None
+    tpm: int | None = None
+    organization: str | None = None
+    api_version: str | None = None
+    extra_headers: Mapping[str, str] = field(default_factory=dict)
+    aws: Mapping[str, str] = field(default_factory=dict, repr=False)
+    input_cost_per_token: float = 0.0
+    output_cost_per_token: float = 0.0
+    mode: str = "chat"
+    max_tokens: int | None = None
+    health_check_timeout: float | None = None
+    line: int | None = None     # where it stands in the config file, for messages
+
+
+@dataclass(frozen=True, slots=True)
+class ModelRequest:
+    """A validated client call, in the OpenAI shape it arrived in.
+
+    `params` holds the OpenAI fields exactly as the client sent them (so they
+    reach an OpenAI-compatible upstream unchanged); `extra` holds vendor extras
+    that only OpenAI-compatible adapters forward.
+    """
+    endpoint: str               # "chat/completions" | "completions" | "embeddings"
+    model: str
+    params: Mapping
+    extra: Mapping
+    stream: bool = False
+    include_usage: bool = False
+    request_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+
+    @classmethod
+    def from_openai(cls, usage: Mapping | None) -> "Usage | None":
+        if not isinstance(usage, Mapping):
+            return None
+        prompt = usage.get("prompt_tokens") or 0
+        completion = usage.get("completion_tokens") or 0
+        total = usage.get("total_tokens") or prompt + completion
+        return cls(int(prompt), int(completion), int(total))
+
+
+@dataclass(slots=True)
+class Completion:
+    """A whole (non-streamed) answer: the OpenAI-shaped body and its usage."""
+    body: dict
+    usage: Usage | None = None
+
+
+class ChunkStream(Protocol):
+    """A started upstream stream, already checked up to its first content-bearing chunk.
+
+    Iterating yields each chunk's JSON text (bytes, without SSE framing).
+    Errors after the first byte are raised as GatewayError from `__next__`.
+    """
+    usage: Usage | None
+
+    def __iter__(self) -> Iterator[bytes]: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is calling: the master key, a virtual key, or anyone when auth is off."""
+    name: str
+    is_master: bool = False
+    models: frozenset[str] | None = None   # None = every model
+
+    def may_use(self, model: str) -> bool:
+        return self.models is None or model in self.models

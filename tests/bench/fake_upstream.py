@@ -1,0 +1,260 @@
+"""A deliberately fast fake OpenAI-compatible upstream for the benchmark.
+
+Why not reuse a web framework: the benchmark compares "direct to upstream"
+against "through the gateway", so the upstream must cost as little CPU as
+possible or it becomes the thing being measured. This is a bare
+``asyncio.Protocol`` speaking just enough HTTP/1.1 (keep-alive, pipelining,
+``Content-Length`` bodies) and answering instantly.
+
+* ``POST /v1/chat/completions`` -> a realistic ``chat.completion`` JSON body.
+* Same with ``"stream": true`` -> ``text/event-stream`` over chunked transfer
+  encoding: a role chunk, ``--chunks`` content chunks, a finish chunk and
+  ``data: [DONE]``, each ``--chunk-delay-ms`` apart (so a default stream
+  lasts about one second, like a short real completion).
+* ``GET /health`` -> 200, used by the runner as a readiness probe.
+
+Run: ``python tests/bench/fake_upstream.py --port 8100 [--procs 2]``.
+With ``--procs N`` it forks N serving processes that share the port through
+``SO_REUSEPORT`` so one Python process is never the ceiling.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import socket
+import sys
+import time
+
+MAX_HEAD = 64 * 1024
+MAX_BODY = 4 * 1024 * 1024
+BACKLOG = 4096  # 200 simultaneous stream connects must not overflow the accept queue
+
+COMPLETION = (
+    '{"id":"chatcmpl-bench%d","object":"chat.completion","created":%d,"model":%s,'
+    '"system_fingerprint":"fp_bench","choices":[{"index":0,"message":{"role":"assistant",'
+    '"content":"Connection pooling reuses established connections, which removes the '
+    'handshake cost from every request. It also caps concurrent sockets, protecting both '
+    'the client and the server under load.","refusal":null},"logprobs":null,'
+    '"finish_reason":"stop"}],"usage":{"prompt_tokens":31,"completion_tokens":36,'
+    '"total_tokens":67}}'
+)
+CHUNK = (
+    '{"id":"chatcmpl-bench%d","object":"chat.completion.chunk","created":%d,"model":%s,'
+    '"system_fingerprint":"fp_bench","choices":[{"index":0,"delta":%s,"logprobs":null,'
+    '"finish_reason":%s}]}'
+)
+WORDS = ("Connection", " pooling", " reuses", " sockets", ",", " which", " saves",
+         " a", " handshake", " per", " request", ".")
+STREAM_HEAD = (b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+               b"Cache-Control: no-cache\r\nTransfer-Encoding: chunked\r\n\r\n")
+DONE_EVENT = b"data: [DONE]\n\n"
+
+
+def _chunked(payload: bytes) -> bytes:
+    """Frame one payload as an HTTP/1.1 chunk."""
+    return b"%x\r\n%s\r\n" % (len(payload), payload)
+
+
+def _response(status: str, body: bytes, ctype: bytes = b"application/json", close: bool = False) -> bytes:
+    head = b"HTTP/1.1 %s\r\nContent-Type: %s\r\nContent-Length: %d\r\n" % (
+        status.encode(), ctype, len(body))
+    if close:
+        head += b"Connection: close\r\n"
+    return head + b"\r\n" + body
+
+
+class Upstream(asyncio.Protocol):
+    """One client connection. Requests are handled strictly in order; while a
+    stream is being written, later pipelined requests wait in the buffer."""
+
+    counter = 0  # per process; only makes response ids unique-looking
+
+    def __init__(self, chunks: int, delay: float) -> None:
+        self.chunks = chunks
+        self.delay = delay
+        self.transport: asyncio.Transport | None = None
+        self.buf = bytearray()
+        self.streaming = False
+        self.timer: asyncio.TimerHandle | None = None
+
+    # --- connection -------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+        self.transport = None
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        if not self.streaming:
+            self._drain_requests()
+
+    # --- request parsing --------------------------------------------------------------
+    def _drain_requests(self) -> None:
+        """Handle every complete request in the buffer (bounded by its size)."""
+        while self.transport is not None and not self.streaming:
+            end = self.buf.find(b"\r\n\r\n")
+            if end < 0:
+                if len(self.buf) > MAX_HEAD:
+                    self._fail("431 Request Header Fields Too Large")
+                return
+            lines = bytes(self.buf[:end]).decode("latin-1").split("\r\n")
+            parts = lines[0].split(" ")
+            if len(parts) != 3:
+                self._fail("400 Bad Request")
+                return
+            method, path, version = parts
+            length, keep_alive = 0, version == "HTTP/1.1"
+            for line in lines[1:]:
+                name, _, value = line.partition(":")
+                name = name.strip().lower()
+                if name == "content-length":
+                    length = int(value) if value.strip().isdigit() else -1
+                elif name == "connection":
+                    token = value.strip().lower()
+                    keep_alive = token == "keep-alive" or (keep_alive and token != "close")
+                elif name == "transfer-encoding":
+                    length = -1  # chunked request bodies are not needed by any client here
+            if length < 0 or length > MAX_BODY:
+                self._fail("400 Bad Request")
+                return
+            if len(self.buf) < end + 4 + length:
+                return
+            body = bytes(self.buf[end + 4:end + 4 + length])
+            del self.buf[:end + 4 + length]
+            self._dispatch(method, path.split("?", 1)[0], body, keep_alive)
+
+    def _fail(self, status: str) -> None:
+        assert self.transport is not None
+        self.transport.write(_response(status, b'{"error":{"message":"bad request"}}', close=True))
+        self.transport.close()
+        self.transport = None
+
+    # --- routing ----------------------------------------------------------------------
+    def _dispatch(self, method: str, path: str, body: bytes, keep_alive: bool) -> None:
+        assert self.transport is not None
+        if path == "/health" and method == "GET":
+            self._reply("200 OK", b'{"status":"ok"}', keep_alive)
+        elif path != "/v1/chat/completions":
+            self._reply("404 Not Found", b'{"error":{"message":"not found"}}', keep_alive)
+        elif method != "POST":
+            self._reply("405 Method Not Allowed", b'{"error":{"message":"use POST"}}', keep_alive)
+        else:
+            try:
+                request = json.loads(body)
+                model = json.dumps(str(request.get("model", "bench-upstream-model")))
+            except (ValueError, AttributeError):
+                self._reply("400 Bad Request", b'{"error":{"message":"invalid JSON"}}', keep_alive)
+                return
+            Upstream.counter += 1
+            if request.get("stream") is True:
+                self._start_stream(model, keep_alive)
+            else:
+                body = (COMPLETION % (Upstream.counter, int(time.time()), model)).encode()
+                self._reply("200 OK", body, keep_alive)
+
+    def _reply(self, status: str, body: bytes, keep_alive: bool) -> None:
+        assert self.transport is not None
+        self.transport.write(_response(status, body, close=not keep_alive))
+        if not keep_alive:
+            self.transport.close()
+            self.transport = None
+
+    # --- streaming --------------------------------------------------------------------
+    def _start_stream(self, model: str, keep_alive: bool) -> None:
+        """Send headers plus the role chunk now; the rest on a timer chain."""
+        assert self.transport is not None
+        self.streaming = True
+        self.keep_alive = keep_alive
+        self.stream_id = Upstream.counter
+        self.model = model
+        self.created = int(time.time())
+        self.sent = 0
+        first = self._event('{"role":"assistant","content":""}', "null")
+        self.transport.write(STREAM_HEAD + _chunked(first))
+        self.timer = asyncio.get_running_loop().call_later(self.delay, self._next_chunk)
+
+    def _event(self, delta: str, finish: str) -> bytes:
+        return b"data: %s\n\n" % (CHUNK % (self.stream_id, self.created, self.model, delta, finish)).encode()
+
+    def _next_chunk(self) -> None:
+        self.timer = None
+        if self.transport is None:
+            return
+        if self.sent < self.chunks:
+            word = json.dumps(WORDS[self.sent % len(WORDS)])
+            self.transport.write(_chunked(self._event('{"content":%s}' % word, "null")))
+            self.sent += 1
+            self.timer = asyncio.get_running_loop().call_later(self.delay, self._next_chunk)
+            return
+        self.transport.write(_chunked(self._event("{}", '"stop"')) + _chunked(DONE_EVENT) + b"0\r\n\r\n")
+        self.streaming = False
+        if not self.keep_alive:
+            self.transport.close()
+            self.transport = None
+        elif self.buf:
+            self._drain_requests()
+
+
+# --- process plumbing -----------------------------------------------------------------
+
+def _listen_socket(host: str, port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    sock.listen(BACKLOG)
+    sock.setblocking(False)
+    return sock
+
+
+async def _serve(host: str, port: int, chunks: int, delay: float) -> None:
+    loop = asyncio.get_running_loop()
+    stop = loop.create_future()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, lambda: stop.done() or stop.set_result(None))
+    server = await loop.create_server(lambda: Upstream(chunks, delay), sock=_listen_socket(host, port),
+                                      backlog=BACKLOG)
+    async with server:
+        await stop
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--procs", type=int, default=1, help="serving processes sharing the port")
+    parser.add_argument("--chunks", type=int, default=100, help="content chunks per stream")
+    parser.add_argument("--chunk-delay-ms", type=float, default=10.0)
+    args = parser.parse_args(argv)
+    if args.host != "127.0.0.1":
+        parser.error("the fake upstream only listens on 127.0.0.1")
+
+    children = []
+    for _ in range(max(0, args.procs - 1)):
+        pid = os.fork()
+        if pid == 0:  # child: serve until signalled, never return into the parent's code
+            try:
+                asyncio.run(_serve(args.host, args.port, args.chunks, args.chunk_delay_ms / 1000))
+            finally:
+                os._exit(0)
+        children.append(pid)
+    try:
+        asyncio.run(_serve(args.host, args.port, args.chunks, args.chunk_delay_ms / 1000))
+    finally:
+        for pid in children:
+            try:
+                os.kill(pid, signal.SIGTERM)
+                os.waitpid(pid, 0)
+            except (ProcessLookupError, ChildProcessError):
+                pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,113 @@
+"""Turn measurements into the printed table and the target verdicts.
+
+Targets are reported as PASS/MISS next to the measured figure and never change
+the exit code: a slow build is information for whoever reads the table, while
+a broken run (non-2xx, cut streams, dead processes) is what fails the runner.
+"""
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+
+from loadgen import WrkResult
+from streams import StreamRun
+
+MB = 1_000_000  # decimal megabytes, the stricter reading of "150 MB"
+
+
+@dataclass
+class Point:
+    """One concurrency level, direct and through the gateway."""
+
+    connections: int
+    direct: WrkResult
+    gateway: WrkResult
+    gateway_cpu_ms_per_req: float
+    upstream_cpu_pct: float  # of one core, during the gateway run: shows it was not the bottleneck
+
+
+@dataclass
+class Results:
+    points: list[Point]
+    streams_direct: StreamRun
+    streams_gateway: StreamRun
+    streams: int
+    chunks: int
+    rss_idle: int
+    rss_peak: int
+    first_200: float
+    workers: int
+
+
+def _pct(values: list[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0..100) of a non-empty list."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered)) - 1))]
+
+
+def _ttfb_ms(run: StreamRun) -> tuple[float, float]:
+    ttfb = [r.ttfb * 1000 for r in run.results if r.ttfb is not None]
+    return (statistics.median(ttfb), _pct(ttfb, 99)) if ttfb else (float("nan"), float("nan"))
+
+
+def _point(points: list[Point], connections: int) -> Point | None:
+    return next((p for p in points if p.connections == connections), None)
+
+
+def targets(res: Results) -> list[tuple[str, str, bool | None]]:
+    """(target, measured, passed) rows; passed is None when not measured."""
+    rows: list[tuple[str, str, bool | None]] = []
+    c64, c1 = _point(res.points, 64), _point(res.points, 1)
+    if c64:
+        rows.append((">= 2,000 gateway req/s at c=64", f"{c64.gateway.rps:,.0f} req/s", c64.gateway.rps >= 2000))
+        cpu = c64.gateway_cpu_ms_per_req
+        rows.append(("<= 1 ms gateway CPU per request (c=64)", f"{cpu:.3f} ms", cpu <= 1.0))
+    else:
+        rows.append((">= 2,000 gateway req/s at c=64", "c=64 not run", None))
+    if c1:
+        added = c1.gateway.p50_ms - c1.direct.p50_ms
+        rows.append(("<= +1.5 ms added p50 latency at c=1", f"{added:+.2f} ms", added <= 1.5))
+    else:
+        rows.append(("<= +1.5 ms added p50 latency at c=1", "c=1 not run", None))
+    direct, gateway = res.streams_direct.total, res.streams_gateway.total
+    rows.append((f"{res.streams} streams within 10% of direct (total)",
+                 f"{gateway:.3f} s vs {direct:.3f} s ({(gateway / direct - 1) * 100:+.1f}%)",
+                 gateway <= direct * 1.10))
+    rows.append(("<= 150 MB RSS, all gateway processes, load", f"{res.rss_peak / MB:.1f} MB", res.rss_peak <= 150 * MB))
+    rows.append(("first 200 within 1 s of start", f"{res.first_200:.3f} s", res.first_200 <= 1.0))
+    return rows
+
+
+def render(res: Results) -> str:
+    out = []
+    out.append("Non-streaming POST /v1/chat/completions (wrk; latency in ms)")
+    head = (f"{'conc':>5} | {'direct rps':>10} {'p50':>7} {'p99':>7} | {'gateway rps':>11} {'p50':>7} {'p99':>7}"
+            f" | {'gw/dir':>6} | {'+p50':>8} {'+p99':>8} | {'gw CPU ms/req':>13} | {'upstr CPU':>9}"
+            f" | {'non-2xx d/g':>11} | {'sock err d/g':>12}")
+    out += [head, "-" * len(head)]
+    for p in res.points:
+        d, g = p.direct, p.gateway
+        out.append(
+            f"{p.connections:>5} | {d.rps:>10,.0f} {d.p50_ms:>7.2f} {d.p99_ms:>7.2f} | {g.rps:>11,.0f}"
+            f" {g.p50_ms:>7.2f} {g.p99_ms:>7.2f} | {g.rps / d.rps if d.rps else 0:>6.3f}"
+            f" | {g.p50_ms - d.p50_ms:>+8.2f} {g.p99_ms - d.p99_ms:>+8.2f} | {p.gateway_cpu_ms_per_req:>13.3f}"
+            f" | {p.upstream_cpu_pct:>8.0f}% | {f'{d.non2xx}/{g.non2xx}':>11} | {f'{d.socket_errors}/{g.socket_errors}':>12}")
+    out.append("")
+    out.append(f"Streaming: {res.streams} concurrent streams x {res.chunks} content chunks (latency in ms)")
+    head = f"{'':>8} | {'TTFB p50':>8} {'TTFB p99':>8} | {'total s':>7} | {'complete':>8}"
+    out += [head, "-" * len(head)]
+    for name, run in (("direct", res.streams_direct), ("gateway", res.streams_gateway)):
+        p50, p99 = _ttfb_ms(run)
+        ok = len(run.results) - len(run.failures)
+        out.append(f"{name:>8} | {p50:>8.1f} {p99:>8.1f} | {run.total:>7.3f} | {f'{ok}/{len(run.results)}':>8}")
+    out.append("")
+    out.append(f"Gateway processes (master + {res.workers} workers): RSS idle {res.rss_idle / MB:.1f} MB,"
+               f" peak under load {res.rss_peak / MB:.1f} MB; time to first 200 {res.first_200:.3f} s")
+    out.append("")
+    rows = targets(res)
+    width = max(len(r[0]) for r in rows)
+    out.append("Targets")
+    for name, measured, passed in rows:
+        verdict = "n/a" if passed is None else ("PASS" if passed else "MISS")
+        out.append(f"  {name:<{width}}  {measured:<32} {verdict}")
+    return "\n".join(out)
