@@ -10,7 +10,7 @@ import re
 from typing import Iterable
 
 _PATTERNS = (
-    (re.compile(r"(?i)\b(bearer)\s+[A-Za-z0-9._~+/=-]{4,}"), r"\1 ***"),
+    (re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]{4,}"), r"\1 ***"),
     (re.compile(r"\bsk-[A-Za-z0-9_-]{6,}"), "sk-***"),
     (re.compile(r"(?i)\b(api[-_]?key|x-api-key|key|token|secret|password)([\"']?\s*[:=]\s*[\"']?)[^\s\"'&,}]{4,}"),
      r"\1\2***"),

@@ -75,7 +75,7 @@ class Completion:
 class ChunkStream(Protocol):
     """A started upstream stream, already checked up to its first content-bearing chunk.
 
-    Iterating yields each chunk's JSON text (bytes, without SSE framing).
+    Iterating yields SSE bytes for the client: whole `data: {chunk}\n\n` events.
     Errors after the first byte are raised as GatewayError from `__next__`.
     """
     usage: Usage | None

@@ -1,7 +1,7 @@
 """POST /v1/chat/completions (JSON or SSE)."""
 from flask import Blueprint
 
-from .auth import authenticated, service
+from .auth import authenticated
 from .schemas import ChatCompletionSchema
 from .streaming import respond
 from .validation import validated
@@ -13,4 +13,4 @@ bp = Blueprint("chat", __name__)
 @authenticated
 @validated(ChatCompletionSchema(), "chat/completions")
 def create(call, principal):
-    return respond(service().run(principal, call))
+    return respond(principal, call)

@@ -1,7 +1,7 @@
 """POST /v1/completions, the legacy endpoint (LlamaIndex `OpenAILike.complete` uses it)."""
 from flask import Blueprint
 
-from .auth import authenticated, service
+from .auth import authenticated
 from .schemas import CompletionSchema
 from .streaming import respond
 from .validation import validated
@@ -13,4 +13,4 @@ bp = Blueprint("completions", __name__)
 @authenticated
 @validated(CompletionSchema(), "completions")
 def create(call, principal):
-    return respond(service().run(principal, call))
+    return respond(principal, call)

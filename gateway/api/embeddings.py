@@ -1,7 +1,7 @@
 """POST /v1/embeddings."""
 from flask import Blueprint
 
-from .auth import authenticated, service
+from .auth import authenticated
 from .schemas import EmbeddingSchema
 from .streaming import respond
 from .validation import validated
@@ -13,4 +13,4 @@ bp = Blueprint("embeddings", __name__)
 @authenticated
 @validated(EmbeddingSchema(), "embeddings")
 def create(call, principal):
-    return respond(service().run(principal, call))
+    return respond(principal, call)

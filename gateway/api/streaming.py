@@ -10,12 +10,16 @@ from __future__ import annotations
 import logging
 import socket
 
+import gevent
 import orjson
 from flask import Response, request
+from gevent import GreenletExit
+from gevent.socket import wait_read
 
 from ..errors import GatewayError, UpstreamFailed
 from ..providers.base import PrimedStream
-from ..types import Completion
+from ..types import ModelRequest, Principal
+from .auth import service
 
 log = logging.getLogger("gateway.streaming")
 
@@ -23,25 +27,26 @@ SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 DONE = b"data: [DONE]\n\n"
 
 
-def respond(result: Completion | PrimedStream) -> Response:
-    if isinstance(result, Completion):
-        return json_response(result.body)
-    return sse_response(result)
+def respond(principal: Principal, call: ModelRequest) -> Response:
+    """Run the call and render it: JSON for a whole answer, SSE for a stream."""
+    if not call.stream:
+        return json_response(service().run(principal, call).body)
+    watcher = _watch_client(request.environ)
+    try:
+        stream = service().run(principal, call)
+    except BaseException:
+        _stop(watcher)
+        raise
+    return Response(_events(stream, watcher), mimetype="text/event-stream", headers=SSE_HEADERS)
 
 
 def json_response(body: dict, status: int = 200, headers: dict | None = None) -> Response:
     return Response(orjson.dumps(body), status=status, headers=headers, mimetype="application/json")
 
 
-def sse_response(stream: PrimedStream) -> Response:
-    watcher = _watch_client(request.environ.get("gunicorn.socket"), stream)
-    return Response(_events(stream, watcher), mimetype="text/event-stream", headers=SSE_HEADERS)
-
-
 def _events(stream: PrimedStream, watcher):
     try:
-        for payload in stream:
-            yield b"data: " + payload + b"\n\n"
+        yield from stream
         yield DONE
     except GatewayError as error:
         yield _error_event(error)
@@ -49,8 +54,7 @@ def _events(stream: PrimedStream, watcher):
         log.exception("stream failed")
         yield _error_event(UpstreamFailed("the stream failed inside the gateway"))
     finally:
-        if watcher is not None:
-            watcher.kill(block=False)
+        _stop(watcher)
         stream.close()
 
 
@@ -60,15 +64,21 @@ def _error_event(error: GatewayError) -> bytes:
     return b"data: " + orjson.dumps(body) + b"\n\n"
 
 
-def _watch_client(client_socket, stream: PrimedStream):
-    """Close the upstream response as soon as the client hangs up, even while the upstream is silent."""
+class ClientDisconnected(GreenletExit):
+    """The client hung up: unwinds the request's greenlet wherever it waits.
+
+    A GreenletExit, so no `except Exception` on the way (ours, Flask's,
+    urllib3's) mistakes it for an error; urllib3 closes the upstream
+    connection it was using, which is what the upstream sees.
+    """
+
+
+def _watch_client(environ):
+    """Stop all work for this request the moment its client goes away, even while the upstream is silent."""
+    client_socket = environ.get("gunicorn.sock") or environ.get("gunicorn.socket")
     if client_socket is None:
         return None
-    try:
-        import gevent
-        from gevent.socket import wait_read
-    except ImportError:
-        return None
+    request_greenlet = gevent.getcurrent()
 
     def watch():
         try:
@@ -77,6 +87,11 @@ def _watch_client(client_socket, stream: PrimedStream):
                 return  # the client sent more (a pipelined request): not a hang-up
         except OSError:
             pass
-        stream.close()
+        gevent.kill(request_greenlet, ClientDisconnected)
 
     return gevent.spawn(watch)
+
+
+def _stop(watcher) -> None:
+    if watcher is not None:
+        watcher.kill(block=False)

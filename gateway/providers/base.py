@@ -9,9 +9,10 @@ from typing import Callable, Iterator, Protocol
 
 from ..types import Completion, Deployment, ModelRequest, Usage
 
-# What an adapter's chunk source yields: the chunk's JSON text as sent to the
-# client, and the parsed chunk the gateway inspects (usage, content, errors).
-Chunk = tuple[bytes, dict]
+# What an adapter's chunk source yields: SSE bytes ready for the client (one or
+# more whole `data: …\n\n` events), and the parsed chunk the gateway inspects
+# (usage, content), or None for events relayed without decoding.
+Chunk = tuple[bytes, dict | None]
 
 
 class Provider(Protocol):
@@ -40,7 +41,7 @@ def carries_content(chunk: dict) -> bool:
 
 
 class PrimedStream:
-    """OpenAI chunk payloads from one upstream stream.
+    """Framed OpenAI chunk events from one upstream stream.
 
     `prime()` reads ahead to the first content-bearing chunk so that anything
     that fails before it is still a plain error the router may retry; the
@@ -60,7 +61,7 @@ class PrimedStream:
             for payload, chunk in self._chunks:
                 self._observe(chunk)
                 self._head.append(payload)
-                if carries_content(chunk):
+                if chunk is None or carries_content(chunk):
                     break
         except BaseException:
             self.close()
@@ -69,13 +70,14 @@ class PrimedStream:
 
     def __iter__(self) -> Iterator[bytes]:
         head, self._head = self._head, []
-        yield from head
+        if head:
+            yield b"".join(head)
         for payload, chunk in self._chunks:
             self._observe(chunk)
             yield payload
 
-    def _observe(self, chunk: dict) -> None:
-        usage = chunk.get("usage")
+    def _observe(self, chunk: dict | None) -> None:
+        usage = chunk.get("usage") if chunk else None
         if usage:
             self.usage = Usage.from_openai(usage)
 

@@ -106,13 +106,17 @@ def _chunks(request: ModelRequest) -> Iterator[Chunk]:
         choices.append([{"index": 0, "delta": {}, "logprobs": None, "finish_reason": "stop"}])
     for choice in choices:
         chunk = {**base, "choices": choice}
-        yield orjson.dumps(chunk), chunk
+        yield _event(chunk), chunk
     if request.include_usage:
         usage = _usage(request, text)
         chunk = {**base, "choices": [], "usage": {"prompt_tokens": usage.prompt_tokens,
                                                    "completion_tokens": usage.completion_tokens,
                                                    "total_tokens": usage.total_tokens}}
-        yield orjson.dumps(chunk), chunk
+        yield _event(chunk), chunk
+
+
+def _event(chunk: dict) -> bytes:
+    return b"data: " + orjson.dumps(chunk) + b"\n\n"
 
 
 def _embeddings(request: ModelRequest) -> Completion:

@@ -19,7 +19,7 @@ from ..redact import Redactor
 from ..types import Completion, Deployment, ModelRequest, Usage
 from . import OPENAI_COMPATIBLE_BASES
 from .auth import HeaderAuth, bearer
-from .base import Chunk, PrimedStream
+from .base import Chunk, PrimedStream, carries_content
 from .sse import SSEDecoder
 from .transport import Transport, UpstreamResponse
 
@@ -114,12 +114,22 @@ class OpenAICompatibleAdapter:
         return response
 
     def _chunks(self, response: UpstreamResponse, alias: bytes) -> Iterator[Chunk]:
-        """Upstream SSE → (payload, parsed chunk); ends at [DONE], raises on in-band errors."""
+        """Upstream SSE → framed events for the client; ends at [DONE], raises on in-band errors.
+
+        Until the first content-bearing chunk every event is parsed (the stream
+        is being primed). After it, a network read holding exactly one plain
+        event — the usual case — is relayed as it came, model renamed in
+        place, without decoding; anything else takes the decoding path.
+        """
         decoder = SSEDecoder()
         rename = None
-        done = finished = False
+        done = finished = primed = False
         for data in response.iter_bytes():
-            for _event, payload in decoder.feed(data):
+            if primed and decoder.idle and _is_plain_event(data):
+                finished = finished or _FINISH in data or _FINISH_SPACED in data
+                yield rename(data), None
+                continue
+            for payload in _data_of(decoder.feed(data)):
                 if done:
                     continue
                 if payload == b"[DONE]":
@@ -131,7 +141,11 @@ class OpenAICompatibleAdapter:
                 if rename is None:
                     rename = _model_renamer(chunk.get("model"), alias)
                 finished = finished or any(c.get("finish_reason") for c in chunk.get("choices") or ())
-                yield rename(payload), chunk
+                primed = primed or carries_content(chunk)
+                yield b"data: " + rename(payload) + b"\n\n", chunk
+        if not done:
+            for payload in _data_of(decoder.flush()):
+                done = done or payload == b"[DONE]"
         if not (done or finished):
             raise UpstreamFailed(f"the upstream stream ended before it was complete ({response.where})")
 
@@ -173,6 +187,27 @@ class OpenAICompatibleAdapter:
         error = UpstreamFailed(f"the upstream answered HTTP {status} ({where}): {message}")
         error.retryable = False
         return error
+
+
+_FINISH = b'"finish_reason":"'
+_FINISH_SPACED = b'"finish_reason": "'
+# Events that must be decoded: they may carry usage, an error, or nothing for the client.
+_NEEDS_DECODING = (b'"usage":{', b'"usage": {', b'"error"', b'"choices":[]', b'"choices": []')
+
+
+def _is_plain_event(data: bytes) -> bool:
+    """Exactly one `data: {…}` event, LF-framed, with nothing the gateway must look at.
+
+    JSON text cannot hold a raw newline or CR, so two LFs and no CR mean one
+    single-line event; a false "not plain" only costs the decoding path.
+    """
+    return (data.startswith(b"data: {") and data.endswith(b"}\n\n") and data.count(b"\n") == 2
+            and b"\r" not in data and not any(marker in data for marker in _NEEDS_DECODING))
+
+
+def _data_of(events):
+    for _event, payload in events:
+        yield payload
 
 
 def _model_renamer(upstream_model, alias: bytes):

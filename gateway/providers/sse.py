@@ -20,7 +20,14 @@ class SSEDecoder:
         self._event: str | None = None
         self._skip_lf = False  # a CR ended the last chunk: its LF may open this one
 
+    @property
+    def idle(self) -> bool:
+        """Between events: no partial line or event is waiting for more bytes."""
+        return not (self._buffer or self._data or self._skip_lf)
+
     def feed(self, chunk: bytes) -> list[Event]:
+        if not chunk:
+            return []
         if self._skip_lf and chunk[:1] == b"\n":
             chunk = chunk[1:]
         buffer = self._buffer + chunk if self._buffer else chunk

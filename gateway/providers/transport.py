@@ -16,6 +16,14 @@ import requests
 import urllib3
 from requests.adapters import HTTPAdapter
 from requests.models import PreparedRequest, Response
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+
+try:  # the real select(2), even in a gevent-patched worker
+    from gevent.monkey import get_original
+    _select = get_original("select", "select")
+except ImportError:  # pragma: no cover - outside gevent
+    from select import select as _select
 
 from ..errors import GatewayError, UpstreamFailed, UpstreamTimeout
 
@@ -51,8 +59,40 @@ def upstream_errors(where: str) -> Iterator[None]:
         raise
 
 
+def _still_open(connection) -> bool:
+    """Has the upstream closed this idle pooled connection? One non-blocking select(2).
+
+    urllib3 asks this before reusing a connection; its own check goes through
+    gevent's emulated poll(), which cost ~7% of a relayed request.
+    """
+    if connection.sock is None:
+        return False
+    readable, _, _ = _select([connection.sock], [], [], 0)
+    return not readable
+
+
+class _Connection(HTTPConnection):
+    is_connected = property(_still_open)
+
+
+class _TLSConnection(HTTPSConnection):
+    is_connected = property(_still_open)
+
+
+class _Pool(HTTPConnectionPool):
+    ConnectionCls = _Connection
+
+
+class _TLSPool(HTTPSConnectionPool):
+    ConnectionCls = _TLSConnection
+
+
 class _LeanAdapter(HTTPAdapter):
     """An HTTPAdapter whose responses skip the cookie jar: upstream cookies are never wanted."""
+
+    def init_poolmanager(self, *args, **kwargs):
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = {"http": _Pool, "https": _TLSPool}
 
     def build_response(self, req: PreparedRequest, resp) -> Response:
         response = Response()

@@ -6,11 +6,15 @@ terminal Ctrl-C reaches only the runner, which then stops every group it
 started, by group id, in a ``finally`` -- nothing is left listening afterwards
 and nothing the runner did not start is touched.
 
-Why /proc and not psutil: CPU ticks and VmRSS are all the benchmark needs, and
+If the runner itself is SIGKILLed, the direct children still get SIGTERM from
+the kernel (``PR_SET_PDEATHSIG``) and take their own workers down with them.
+
+Why read /proc directly: CPU ticks and VmRSS are all the benchmark needs, and
 reading them directly keeps the sampler cheap on a two-core box.
 """
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import subprocess
@@ -19,6 +23,13 @@ import time
 from pathlib import Path
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """Runs in the child before exec: if the runner is killed outright (no
+    ``finally``), the kernel sends the child SIGTERM instead of orphaning it."""
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 class Children:
@@ -31,7 +42,8 @@ class Children:
               log: Path) -> subprocess.Popen:
         with open(log, "wb") as out:
             proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL, start_new_session=True)
+                                    stdin=subprocess.DEVNULL, start_new_session=True,
+                                    preexec_fn=_die_with_parent)
         self.procs.append(proc)
         return proc
 
@@ -108,6 +120,39 @@ def rss_bytes(pids: list[int]) -> int:
         except (FileNotFoundError, ProcessLookupError):
             pass
     return total
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds the whole machine has been busy since boot (all cores)."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    return (sum(values) - values[3] - values[4]) / CLK_TCK  # minus idle and iowait
+
+
+def own_cpu_seconds() -> float:
+    """CPU of this runner plus its reaped children (every finished wrk run)."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+class ForeignLoad:
+    """How much CPU something other than the benchmark used while it ran.
+
+    On a two-core box any other load (a second benchmark, a test suite) skews
+    every figure, so the runner measures it instead of assuming a quiet machine:
+    machine busy time minus the runner, wrk and the trees it started. On a
+    quiet machine this reads 0.0 even at ~40k loopback requests/s, so the
+    network work is charged to the processes and any excess is real."""
+
+    def __init__(self) -> None:
+        self.started = time.perf_counter()
+        self.machine = machine_busy_seconds()
+        self.own = own_cpu_seconds()
+
+    def cores(self, started_trees_cpu: float) -> float:
+        """Average foreign cores so far; pass the CPU of the still-running trees."""
+        wall = time.perf_counter() - self.started
+        foreign = (machine_busy_seconds() - self.machine) - (own_cpu_seconds() - self.own) - started_trees_cpu
+        return max(0.0, foreign / wall) if wall > 0 else 0.0
 
 
 class RssSampler(threading.Thread):

@@ -13,6 +13,7 @@ from loadgen import WrkResult
 from streams import StreamRun
 
 MB = 1_000_000  # decimal megabytes, the stricter reading of "150 MB"
+NOISY_CORES = 0.1  # foreign CPU above this average makes the comparison unreliable
 
 
 @dataclass
@@ -37,6 +38,7 @@ class Results:
     rss_peak: int
     first_200: float
     workers: int
+    background_cores: float  # CPU used by other processes during the run; > 0.1 means noisy figures
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -80,6 +82,9 @@ def targets(res: Results) -> list[tuple[str, str, bool | None]]:
 
 def render(res: Results) -> str:
     out = []
+    if res.background_cores > NOISY_CORES:
+        out.append(f"WARNING: other processes used {res.background_cores:.2f} cores on average during the run;"
+                   " every figure below is skewed by that load.\n")
     out.append("Non-streaming POST /v1/chat/completions (wrk; latency in ms)")
     head = (f"{'conc':>5} | {'direct rps':>10} {'p50':>7} {'p99':>7} | {'gateway rps':>11} {'p50':>7} {'p99':>7}"
             f" | {'gw/dir':>6} | {'+p50':>8} {'+p99':>8} | {'gw CPU ms/req':>13} | {'upstr CPU':>9}"
@@ -103,6 +108,7 @@ def render(res: Results) -> str:
     out.append("")
     out.append(f"Gateway processes (master + {res.workers} workers): RSS idle {res.rss_idle / MB:.1f} MB,"
                f" peak under load {res.rss_peak / MB:.1f} MB; time to first 200 {res.first_200:.3f} s")
+    out.append(f"Other load on the machine during the run: {res.background_cores:.2f} cores on average")
     out.append("")
     rows = targets(res)
     width = max(len(r[0]) for r in rows)

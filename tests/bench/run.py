@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from loadgen import LoadError, run_wrk
-from procs import Children, RssSampler, cpu_seconds, rss_bytes, tree
+from procs import Children, ForeignLoad, RssSampler, cpu_seconds, rss_bytes, tree
 from report import Point, Results, render
 from servers import DEFAULT_GATEWAY_CMD, HOST, StartError, Started, start_gateway, start_upstream
 from streams import StreamRun, run_streams
@@ -106,6 +106,7 @@ def _problems(points: list[Point], streams: dict[str, StreamRun]) -> list[str]:
 
 
 def bench(args: argparse.Namespace, workdir: Path, children: Children) -> tuple[Results, list[str]]:
+    foreign = ForeignLoad()
     _log(f"starting fake upstream ({args.upstream_procs} process(es)); logs in {workdir}")
     upstream = start_upstream(children, workdir, args.upstream_procs, args.chunks, args.chunk_delay_ms)
     _log("starting gateway")
@@ -133,8 +134,9 @@ def bench(args: argparse.Namespace, workdir: Path, children: Children) -> tuple[
             time.sleep(0.2)
     finally:
         rss_peak = sampler.stop()
+    background = foreign.cores(cpu_seconds(tree(gateway.proc.pid)) + cpu_seconds(tree(upstream.proc.pid)))
     results = Results(points, streams["direct"], streams["gateway"], args.streams, args.chunks,
-                      rss_idle, max(rss_peak, rss_idle), gateway.first_200, args.workers)
+                      rss_idle, max(rss_peak, rss_idle), gateway.first_200, args.workers, background)
     return results, _problems(points, streams)
 
 
@@ -144,6 +146,7 @@ def _terminate(signum: int, frame: object) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started with SIGINT ignored
     signal.signal(signal.SIGTERM, _terminate)
     began = time.perf_counter()
     workdir = Path(tempfile.mkdtemp(prefix="shin-gateway-bench-"))

@@ -1,0 +1,559 @@
+"""gateway/providers/openai_compat.py against a faked wire (`responses`): requests out, answers and errors in."""
+from __future__ import annotations
+
+import io
+import json
+import socket
+
+import pytest
+import requests
+import responses
+
+from gateway.errors import (BadUpstreamResponse, ContextLengthExceeded, GatewayError, UpstreamAuthFailed,
+                            UpstreamClientError, UpstreamFailed, UpstreamRateLimited, UpstreamTimeout)
+from gateway.providers.openai_compat import OpenAICompatibleAdapter
+from gateway.redact import Redactor
+from gateway.types import Deployment, ModelRequest
+
+BASE = "http://upstream.test/v1"
+CHAT_URL = f"{BASE}/chat/completions"
+UPSTREAM_KEY = "upstream-secret-key-123"
+ALIAS = "shin-llama"
+UPSTREAM_MODEL = "meta-llama/Llama-3.1-8B-Instruct"
+
+
+def deployment(**kw) -> Deployment:
+    fields = dict(id="dep1", model_name=ALIAS, provider="openai", upstream_model=UPSTREAM_MODEL, api_base=BASE,
+                  api_key=UPSTREAM_KEY, timeout=20.0, stream_timeout=7.0)
+    fields.update(kw)
+    return Deployment(**fields)
+
+
+def chat_request(*, stream=False, include_usage=False, extra=None, **params) -> ModelRequest:
+    body = {"model": ALIAS, "messages": [{"role": "user", "content": "hi"}], **params}
+    if stream:
+        body["stream"] = True
+    return ModelRequest(endpoint="chat/completions", model=ALIAS, params=body, extra=extra or {},
+                        stream=stream, include_usage=include_usage, request_id="req-123")
+
+
+@pytest.fixture
+def dep():
+    return deployment()
+
+
+@pytest.fixture
+def adapter(dep):
+    adapter = OpenAICompatibleAdapter([dep], pool_maxsize=4, redactor=Redactor([UPSTREAM_KEY]))
+    yield adapter
+    adapter.close()
+
+
+@pytest.fixture
+def wire():
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
+        yield mock
+
+
+def error_body(message, type_="invalid_request_error", param=None, code=None) -> dict:
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+def completion_body(model=UPSTREAM_MODEL) -> dict:
+    return {"id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "hello"},
+                         "finish_reason": "stop", "logprobs": None}],
+            "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}}
+
+
+class Pieces(io.RawIOBase):
+    """A body that arrives in the given pieces (one per read); an exception in the list is raised there."""
+
+    def __init__(self, pieces):
+        self.pieces = list(pieces)
+
+    def readable(self):
+        return True
+
+    def readinto(self, buffer):
+        if not self.pieces:
+            return 0
+        piece = self.pieces.pop(0)
+        if isinstance(piece, BaseException):
+            raise piece
+        buffer[:len(piece)] = piece
+        return len(piece)
+
+
+def sse(*pieces) -> io.BufferedReader:
+    return io.BufferedReader(Pieces(pieces))
+
+
+def add_stream(wire, *pieces, status=200):
+    wire.add(responses.POST, CHAT_URL, body=sse(*pieces), status=status, stream=True,
+             content_type="text/event-stream")
+
+
+def chunk(content=None, finish=None, model=UPSTREAM_MODEL, **extra) -> bytes:
+    delta = {} if content is None else {"content": content}
+    body = {"id": "chatcmpl-s", "object": "chat.completion.chunk", "created": 1, "model": model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}], **extra}
+    return b"data: " + json.dumps(body, separators=(",", ":")).encode() + b"\n\n"
+
+
+DONE = b"data: [DONE]\n\n"
+
+
+# --- the request that goes upstream ---------------------------------------------------------------
+
+def test_body_is_client_params_plus_extras_with_the_model_swapped(adapter, dep, wire):
+    wire.add(responses.POST, CHAT_URL, json=completion_body())
+    call = chat_request(temperature=0.2, extra={"top_k": 40, "chat_template_kwargs": {"enable_thinking": False}})
+    adapter.complete(dep, call)
+    sent = wire.calls[0].request
+    assert json.loads(sent.body) == {"model": UPSTREAM_MODEL, "messages": [{"role": "user", "content": "hi"}],
+                                     "temperature": 0.2, "top_k": 40,
+                                     "chat_template_kwargs": {"enable_thinking": False}}
+    assert call.params["model"] == ALIAS           # the client's request object is not mutated
+
+
+def test_authorization_comes_from_the_config_only(adapter, dep, wire):
+    wire.add(responses.POST, CHAT_URL, json=completion_body())
+    adapter.complete(dep, chat_request(extra={"Authorization": "Bearer client-chosen"}))
+    headers = wire.calls[0].request.headers
+    assert headers["Authorization"] == f"Bearer {UPSTREAM_KEY}"
+    assert headers["Content-Type"] == "application/json"
+    assert headers["X-Request-Id"] == "req-123"
+
+
+def test_no_api_key_sends_no_authorization(wire):
+    dep = deployment(api_key=None)
+    adapter = OpenAICompatibleAdapter([dep], pool_maxsize=2, redactor=Redactor())
+    wire.add(responses.POST, CHAT_URL, json=completion_body())
+    adapter.complete(dep, chat_request())
+    assert "Authorization" not in wire.calls[0].request.headers
+
+
+def test_organization_and_extra_headers_from_the_config(wire):
+    dep = deployment(organization="org-1", extra_headers={"X-Team": "research"})
+    adapter = OpenAICompatibleAdapter([dep], pool_maxsize=2, redactor=Redactor())
+    wire.add(responses.POST, CHAT_URL, json=completion_body())
+    adapter.complete(dep, chat_request())
+    headers = wire.calls[0].request.headers
+    assert headers["OpenAI-Organization"] == "org-1" and headers["X-Team"] == "research"
+
+
+def test_headers_of_one_call_do_not_leak_into_the_next(adapter, dep, wire):
+    wire.add(responses.POST, CHAT_URL, json=completion_body())
+    wire.add(responses.POST, CHAT_URL, json=completion_body())
+    adapter.complete(dep, chat_request())
+    adapter.complete(dep, ModelRequest(endpoint="chat/completions", model=ALIAS,
+                                       params={"model": ALIAS, "messages": [{"role": "user", "content": "x"}]},
+                                       extra={}))
+    assert "X-Request-Id" not in wire.calls[1].request.headers
+
+
+@pytest.mark.parametrize("endpoint", ["chat/completions", "completions", "embeddings"])
+def test_each_endpoint_goes_to_its_url(adapter, dep, wire, endpoint):
+    body = ({"object": "list", "data": [{"object": "embedding", "index": 0, "embedding": [0.1]}], "model": "x"}
+            if endpoint == "embeddings" else completion_body())
+    wire.add(responses.POST, f"{BASE}/{endpoint}", json=body)
+    call = ModelRequest(endpoint=endpoint, model=ALIAS, params={"model": ALIAS, "input": "x"}, extra={})
+    assert adapter.complete(dep, call).body["model"] == ALIAS
+    assert wire.calls[0].request.url == f"{BASE}/{endpoint}"
+
+
+def test_default_base_url_of_the_provider(wire):
+    dep = deployment(api_base=None, provider="groq")
+    adapter = OpenAICompatibleAdapter([dep], pool_maxsize=2, redactor=Redactor())
+    wire.add(responses.POST, "https://api.groq.com/openai/v1/chat/completions", json=completion_body())
+    adapter.complete(dep, chat_request())
+    assert len(wire.calls) == 1
+
+
+def test_a_provider_without_a_default_base_needs_api_base():
+    with pytest.raises(ValueError, match="api_base"):
+        OpenAICompatibleAdapter([deployment(api_base=None, provider="hosted_vllm")], pool_maxsize=2,
+                                redactor=Redactor())
+
+
+def test_timeouts_connect_and_read(adapter, dep, wire):
+    wire.add(responses.POST, CHAT_URL, json=completion_body())
+    add_stream(wire, chunk("a", "stop"), DONE)
+    adapter.complete(dep, chat_request())
+    list(adapter.stream(dep, chat_request(stream=True)))
+    whole, streamed = (call.request.req_kwargs["timeout"] for call in wire.calls)
+    assert whole == (5.0, 20.0)
+    assert streamed == (5.0, 7.0)
+
+
+# --- whole answers ---------------------------------------------------------------------------------
+
+def test_completion_is_returned_with_the_client_model_name_and_usage(adapter, dep, wire):
+    wire.add(responses.POST, CHAT_URL, json=completion_body())
+    result = adapter.complete(dep, chat_request())
+    assert result.body["model"] == ALIAS
+    assert result.body["choices"][0]["message"]["content"] == "hello"
+    assert (result.usage.prompt_tokens, result.usage.completion_tokens, result.usage.total_tokens) == (3, 2, 5)
+
+
+@pytest.mark.parametrize("body, content_type", [
+    (b"<html>not json</html>", "text/html"),
+    (b"", "application/json"),
+    (b'{"id": "x"}', "application/json"),
+    (b"[1, 2]", "application/json"),
+    (b'{"choices": [', "application/json"),
+])
+def test_a_200_that_is_not_an_openai_answer_is_a_bad_upstream_response(adapter, dep, wire, body, content_type):
+    wire.add(responses.POST, CHAT_URL, body=body, content_type=content_type)
+    with pytest.raises(BadUpstreamResponse) as info:
+        adapter.complete(dep, chat_request())
+    assert (info.value.status, info.value.code, info.value.retryable) == (502, "upstream_error", False)
+
+
+# --- upstream statuses → GatewayErrors ------------------------------------------------------------
+
+@pytest.mark.parametrize("status", [400, 404, 422])
+def test_client_errors_are_passed_through(adapter, dep, wire, status):
+    wire.add(responses.POST, CHAT_URL, status=status,
+             json=error_body(f"Invalid value for temperature ({status})", param="temperature", code="invalid_value"))
+    with pytest.raises(UpstreamClientError) as info:
+        adapter.complete(dep, chat_request())
+    error = info.value
+    assert type(error) is UpstreamClientError
+    assert error.status == status and error.retryable is False
+    assert error.body() == {"error": {"message": f"Invalid value for temperature ({status})",
+                                      "type": "invalid_request_error", "param": "temperature",
+                                      "code": "invalid_value"}}
+
+
+def test_vllm_top_level_error_shape_is_read(adapter, dep, wire):
+    wire.add(responses.POST, CHAT_URL, status=400,
+             json={"object": "error", "message": "bad stop", "type": "BadRequestError", "param": None, "code": 400})
+    with pytest.raises(UpstreamClientError) as info:
+        adapter.complete(dep, chat_request())
+    assert info.value.message == "bad stop" and info.value.status == 400
+
+
+def test_client_error_messages_are_redacted(adapter, dep, wire):
+    wire.add(responses.POST, CHAT_URL, status=400,
+             json=error_body(f"key {UPSTREAM_KEY} and Bearer sk-abcdef123456 rejected"))
+    with pytest.raises(UpstreamClientError) as info:
+        adapter.complete(dep, chat_request())
+    assert UPSTREAM_KEY not in info.value.message and "sk-abcdef123456" not in info.value.message
+
+
+def test_context_length_exceeded_by_code(adapter, dep, wire):
+    wire.add(responses.POST, CHAT_URL, status=400,
+             json=error_body("Too many tokens.", param="messages", code="context_length_exceeded"))
+    with pytest.raises(ContextLengthExceeded) as info:
+        adapter.complete(dep, chat_request())
+    error = info.value
+    assert (error.status, error.type, error.code, error.param) == (400, "invalid_request_error",
+                                                                   "context_length_exceeded", "messages")
+    assert error.message == "Too many tokens."
+
+
+@pytest.mark.parametrize("status, message", [
+    (400, "This model's maximum context length is 8192 tokens. However, you requested 9000 tokens."),
+    (400, "the request exceeds the available context size, try increasing it"),
+    (422, "Input validation error: context length exceeded"),
+    (404, "Prompt does not fit: Context Window is 4096"),
+])
+def test_context_length_exceeded_by_message_signal(adapter, dep, wire, status, message):
+    wire.add(responses.POST, CHAT_URL, status=status, json=error_body(message, code=None))
+    with pytest.raises(ContextLengthExceeded) as info:
+        adapter.complete(dep, chat_request())
+    assert info.value.status == 400 and info.value.code == "context_length_exceeded"
+    assert info.value.message == message
+
+
+@pytest.mark.parametrize("status", [401, 403])
+def test_upstream_auth_failure(adapter, dep, wire, status):
+    wire.add(responses.POST, CHAT_URL, status=status,
+             json=error_body(f"Incorrect API key provided: {UPSTREAM_KEY}", code="invalid_api_key"))
+    with pytest.raises(UpstreamAuthFailed) as info:
+        adapter.complete(dep, chat_request())
+    error = info.value
+    assert (error.status, error.type, error.code) == (502, "api_error", "upstream_auth_error")
+    assert UPSTREAM_KEY not in error.message
+
+
+@pytest.mark.parametrize("headers, expected", [
+    ({"Retry-After": "7"}, 7.0),
+    ({"retry-after-ms": "1500"}, 1.5),
+    ({"retry-after-ms": "250", "Retry-After": "9"}, 0.25),
+    ({"Retry-After": "Wed, 21 Oct 2015 07:28:00 GMT"}, None),
+    ({}, None),
+])
+def test_rate_limit_with_retry_after(adapter, dep, wire, headers, expected):
+    wire.add(responses.POST, CHAT_URL, status=429, headers=headers,
+             json=error_body("Rate limit reached for requests", "requests", code="rate_limit_exceeded"))
+    with pytest.raises(UpstreamRateLimited) as info:
+        adapter.complete(dep, chat_request())
+    error = info.value
+    assert (error.status, error.type, error.code, error.retryable) == (429, "rate_limit_error",
+                                                                       "rate_limit_exceeded", True)
+    assert error.retry_after == expected
+    if expected is not None:
+        assert int(error.headers()["Retry-After"]) >= 1
+
+
+@pytest.mark.parametrize("status", [500, 502, 503, 504, 529])
+def test_server_errors_are_retryable_upstream_failures(adapter, dep, wire, status):
+    wire.add(responses.POST, CHAT_URL, status=status, headers={"Retry-After": "2"},
+             json=error_body("The server had an error", "server_error"))
+    with pytest.raises(UpstreamFailed) as info:
+        adapter.complete(dep, chat_request())
+    error = info.value
+    assert type(error) is UpstreamFailed
+    assert (error.status, error.code, error.retryable, error.retry_after) == (502, "upstream_error", True, 2.0)
+
+
+def test_an_html_error_page_is_not_echoed(adapter, dep, wire):
+    wire.add(responses.POST, CHAT_URL, status=502, body=b"<html><body>Bad Gateway</body></html>",
+             content_type="text/html")
+    with pytest.raises(UpstreamFailed) as info:
+        adapter.complete(dep, chat_request())
+    assert "<html" not in info.value.message and "502" in info.value.message
+
+
+def test_408_is_an_upstream_timeout(adapter, dep, wire):
+    wire.add(responses.POST, CHAT_URL, status=408, json=error_body("timeout", "server_error"))
+    with pytest.raises(UpstreamTimeout) as info:
+        adapter.complete(dep, chat_request())
+    assert (info.value.status, info.value.code, info.value.retryable) == (504, "upstream_timeout", True)
+
+
+def test_a_streaming_request_maps_error_statuses_the_same_way(adapter, dep, wire):
+    wire.add(responses.POST, CHAT_URL, status=429, headers={"Retry-After": "3"},
+             json=error_body("slow down", "requests", code="rate_limit_exceeded"), stream=True)
+    with pytest.raises(UpstreamRateLimited) as info:
+        adapter.stream(dep, chat_request(stream=True))
+    assert info.value.retry_after == 3.0
+
+
+# --- the transport's exception table ------------------------------------------------------------
+
+@pytest.mark.parametrize("exc, expected", [
+    (requests.exceptions.ConnectionError("refused"), UpstreamFailed),
+    (requests.exceptions.SSLError("bad cert"), UpstreamFailed),
+    (requests.exceptions.ConnectTimeout("connect timed out"), UpstreamTimeout),
+    (requests.exceptions.ReadTimeout("read timed out"), UpstreamTimeout),
+    (requests.exceptions.ChunkedEncodingError("broken"), UpstreamFailed),
+    (ConnectionResetError("reset"), UpstreamFailed),
+])
+def test_transport_exceptions_become_gateway_errors(adapter, dep, wire, exc, expected):
+    wire.add(responses.POST, CHAT_URL, body=exc)
+    with pytest.raises(expected) as info:
+        adapter.complete(dep, chat_request())
+    assert type(info.value) is expected
+    assert info.value.retryable is True
+    assert "dep1" in info.value.message
+
+
+def test_the_upstream_url_and_key_are_not_in_transport_errors(adapter, dep, wire):
+    wire.add(responses.POST, CHAT_URL,
+             body=requests.exceptions.ConnectionError(f"cannot reach {CHAT_URL} with {UPSTREAM_KEY}"))
+    with pytest.raises(UpstreamFailed) as info:
+        adapter.complete(dep, chat_request())
+    assert UPSTREAM_KEY not in info.value.message and "upstream.test" not in info.value.message
+
+
+# --- streams ---------------------------------------------------------------------------------------
+# A stream yields SSE bytes for the client: whole `data: {chunk}\n\n` events (one or more per item).
+
+def relayed(items) -> bytes:
+    """The bytes the client gets, after checking that every item is made of whole events."""
+    items = list(items)
+    for item in items:
+        assert item.startswith(b"data: ") and item.endswith(b"\n\n"), item
+    return b"".join(items)
+
+
+def events(data: bytes) -> list[bytes]:
+    """The data payloads of an SSE byte string (which the gateway frames with LF only)."""
+    assert b"\r" not in data
+    return [event[len(b"data: "):] for event in data.split(b"\n\n") if event]
+
+
+def chunks_of(items) -> list[dict]:
+    return [json.loads(payload) for payload in events(relayed(items))]
+
+
+def collect_until_error(stream) -> tuple[bytes, BaseException | None]:
+    got = []
+    try:
+        for item in stream:
+            got.append(item)
+    except GatewayError as error:
+        return relayed(got), error
+    return relayed(got), None
+
+
+def test_stream_chunks_pass_through_with_only_the_model_renamed(adapter, dep, wire):
+    raw = (b'{"id":"c1","object":"chat.completion.chunk","created":1,"model":"meta-llama/Llama-3.1-8B-Instruct",'
+           b'"system_fingerprint":"fp_x","choices":[{"index":0,"delta":{"content":"h\\u00e9 \\"model\\":\\"x\\"",'
+           b'"custom":1.50},"finish_reason":null}]}')
+    more = (b'{"id":"c1","object":"chat.completion.chunk","created":1,"model":"meta-llama/Llama-3.1-8B-Instruct",'
+            b'"choices":[{"index":0,"delta":{"content":"\\ud83d\\ude00 next"},"finish_reason":null}]}')
+    spaced = (b'{"id": "c1", "model": "meta-llama/Llama-3.1-8B-Instruct", "choices": [{"index": 0, '
+              b'"delta": {}, "finish_reason": "stop"}]}')
+    add_stream(wire, b"data: " + raw + b"\n\n", b"data: " + more + b"\n\n", b"data: " + spaced + b"\n\n", DONE)
+    out = relayed(adapter.stream(dep, chat_request(stream=True)))
+    renamed = [raw.replace(b'"model":"meta-llama/Llama-3.1-8B-Instruct"', b'"model":"shin-llama"'),
+               more.replace(b'"model":"meta-llama/Llama-3.1-8B-Instruct"', b'"model":"shin-llama"'),
+               spaced.replace(b'"model": "meta-llama/Llama-3.1-8B-Instruct"', b'"model": "shin-llama"')]
+    assert out == b"".join(b"data: " + r + b"\n\n" for r in renamed)
+
+
+def test_stream_model_already_equal_to_the_alias_is_untouched(wire):
+    dep = deployment(upstream_model=ALIAS)
+    adapter = OpenAICompatibleAdapter([dep], pool_maxsize=2, redactor=Redactor())
+    sent = [chunk("a", model=ALIAS), chunk("b", model=ALIAS), chunk(finish="stop", model=ALIAS)]
+    add_stream(wire, *sent, DONE)
+    assert relayed(adapter.stream(dep, chat_request(stream=True))) == b"".join(sent)
+
+
+@pytest.mark.parametrize("size", [1, 7, 50, 4096])
+@pytest.mark.parametrize("ending", [b"\n", b"\r\n", b"\r"], ids=["LF", "CRLF", "CR"])
+def test_stream_events_split_across_reads_any_line_ending(adapter, dep, wire, size, ending):
+    whole = (chunk("Hel") + b": ping\n\n" + chunk("lo") + chunk(" world") + chunk(finish="stop") + DONE)
+    whole = whole.replace(b"\n", ending)
+    add_stream(wire, *[whole[i:i + size] for i in range(0, len(whole), size)])
+    out = chunks_of(adapter.stream(dep, chat_request(stream=True)))
+    assert [c["choices"][0]["delta"].get("content") for c in out] == ["Hel", "lo", " world", None]
+    assert all(c["model"] == ALIAS for c in out)
+
+
+def test_several_events_in_one_read(adapter, dep, wire):
+    add_stream(wire, chunk("a") + chunk("b") + chunk("c"), chunk("d") + chunk(finish="stop") + DONE)
+    out = chunks_of(adapter.stream(dep, chat_request(stream=True)))
+    assert "".join(c["choices"][0]["delta"].get("content") or "" for c in out) == "abcd"
+    assert all(c["model"] == ALIAS for c in out)
+
+
+def test_keepalives_and_empty_preambles_are_dropped(adapter, dep, wire):
+    preamble = b'data: {"id":"","object":"","created":0,"model":"","choices":[],"prompt_filter_results":[]}\n\n'
+    add_stream(wire, b": keep-alive\n\n", preamble, chunk("a"), b": ping\n\n", chunk("b"), b": ping\n\n",
+               chunk(finish="stop"), DONE)
+    out = chunks_of(adapter.stream(dep, chat_request(stream=True)))
+    assert len(out) == 3 and all(c["model"] == ALIAS for c in out)
+
+
+def test_stream_usage_chunk_is_recorded(adapter, dep, wire):
+    usage_chunk = (b'data: {"id":"c","object":"chat.completion.chunk","created":1,"model":"'
+                   + UPSTREAM_MODEL.encode() + b'","choices":[],"usage":{"prompt_tokens":4,"completion_tokens":2,'
+                   b'"total_tokens":6}}\n\n')
+    add_stream(wire, chunk("a"), chunk("b"), chunk(finish="stop"), usage_chunk, DONE)
+    stream = adapter.stream(dep, chat_request(stream=True, include_usage=True,
+                                              stream_options={"include_usage": True}))
+    out = chunks_of(stream)
+    assert len(out) == 4 and out[-1]["choices"] == [] and out[-1]["model"] == ALIAS
+    assert (stream.usage.prompt_tokens, stream.usage.completion_tokens, stream.usage.total_tokens) == (4, 2, 6)
+
+
+def test_events_after_done_are_ignored(adapter, dep, wire):
+    add_stream(wire, chunk("a"), chunk(finish="stop"), DONE, chunk("late"))
+    out = chunks_of(adapter.stream(dep, chat_request(stream=True)))
+    assert [c["choices"][0]["delta"].get("content") for c in out] == ["a", None]
+
+
+def test_events_after_done_in_the_same_read_are_ignored(adapter, dep, wire):
+    add_stream(wire, chunk("a"), chunk(finish="stop") + DONE + chunk("late"))
+    out = chunks_of(adapter.stream(dep, chat_request(stream=True)))
+    assert [c["choices"][0]["delta"].get("content") for c in out] == ["a", None]
+
+
+def test_a_stream_ending_without_done_or_finish_is_an_error(adapter, dep, wire):
+    add_stream(wire, chunk("a"), chunk("b"), chunk("c"))
+    got, error = collect_until_error(adapter.stream(dep, chat_request(stream=True)))
+    assert len(events(got)) == 3
+    assert isinstance(error, UpstreamFailed) and error.code == "upstream_error"
+
+
+def test_a_stream_with_finish_but_no_done_is_complete(adapter, dep, wire):
+    add_stream(wire, chunk("a"), chunk("b"), chunk(finish="stop"))
+    assert len(chunks_of(adapter.stream(dep, chat_request(stream=True)))) == 3
+
+
+def test_a_finish_reason_null_is_not_a_finish(adapter, dep, wire):
+    add_stream(wire, chunk("a"), chunk("b", finish=None))
+    _, error = collect_until_error(adapter.stream(dep, chat_request(stream=True)))
+    assert isinstance(error, UpstreamFailed)
+
+
+def test_a_final_done_without_its_blank_line_still_ends_the_stream(adapter, dep, wire):
+    add_stream(wire, chunk("a"), chunk("b"), b"data: [DONE]")
+    assert len(chunks_of(adapter.stream(dep, chat_request(stream=True)))) == 2
+
+
+def test_an_empty_stream_fails_before_the_first_byte(adapter, dep, wire):
+    add_stream(wire, b": keep-alive\n\n")
+    with pytest.raises(UpstreamFailed) as info:
+        adapter.stream(dep, chat_request(stream=True))
+    assert info.value.retryable is True
+
+
+def test_an_in_band_error_before_content_fails_the_call(adapter, dep, wire):
+    add_stream(wire, b'data: {"error":{"message":"overloaded","type":"server_error","code":"overloaded"}}\n\n',
+               DONE)
+    with pytest.raises(UpstreamFailed) as info:
+        adapter.stream(dep, chat_request(stream=True))
+    assert "overloaded" in info.value.message and info.value.retryable is True
+
+
+@pytest.mark.parametrize("error_event", [
+    b'data: {"error":{"message":"engine died, key KEY","type":"server_error","param":null,"code":null}}\n\n',
+    b'data: {"error": {"message": "engine died, key KEY", "type": "server_error"}}\n\n',
+    b'data: {"object":"error","error":"engine died, key KEY"}\n\n',
+])
+def test_an_in_band_error_mid_stream_raises_upstream_failed(adapter, dep, wire, error_event):
+    error_event = error_event.replace(b"KEY", UPSTREAM_KEY.encode())
+    add_stream(wire, chunk("a"), chunk("b"), error_event, DONE)
+    got, error = collect_until_error(adapter.stream(dep, chat_request(stream=True)))
+    assert len(events(got)) == 2 and b"engine died" not in got
+    assert isinstance(error, UpstreamFailed)
+    assert "engine died" in error.message and UPSTREAM_KEY not in error.message
+
+
+@pytest.mark.parametrize("bad", [b"data: {not json\n\n", b"data: [1,2]\n\n"])
+def test_a_malformed_chunk_is_a_bad_upstream_response(adapter, dep, wire, bad):
+    add_stream(wire, chunk("a"), bad, DONE)
+    stream = adapter.stream(dep, chat_request(stream=True))
+    with pytest.raises(BadUpstreamResponse):
+        list(stream)
+
+
+def test_a_connection_reset_mid_stream_is_upstream_failed(adapter, dep, wire):
+    add_stream(wire, chunk("a"), chunk("b"), ConnectionResetError("reset by peer"))
+    got, error = collect_until_error(adapter.stream(dep, chat_request(stream=True)))
+    assert isinstance(error, UpstreamFailed) and type(error) is UpstreamFailed
+    assert len(events(got)) == 2
+
+
+def test_a_read_timeout_mid_stream_is_upstream_timeout(adapter, dep, wire):
+    add_stream(wire, chunk("a"), chunk("b"), socket.timeout("timed out"))
+    _, error = collect_until_error(adapter.stream(dep, chat_request(stream=True)))
+    assert isinstance(error, UpstreamTimeout)
+
+
+def test_a_timeout_before_the_first_content_fails_the_call(adapter, dep, wire):
+    role = (b'data: {"id":"c","model":"' + UPSTREAM_MODEL.encode()
+            + b'","choices":[{"index":0,"delta":{"role":"assistant","content":""},"finish_reason":null}]}\n\n')
+    add_stream(wire, role, socket.timeout("timed out"))
+    with pytest.raises(UpstreamTimeout):
+        adapter.stream(dep, chat_request(stream=True))
+
+
+def test_priming_reads_only_up_to_the_first_content(adapter, dep, wire):
+    role = (b'data: {"id":"c","model":"' + UPSTREAM_MODEL.encode()
+            + b'","choices":[{"index":0,"delta":{"role":"assistant","content":""},"finish_reason":null}]}\n\n')
+    # The error sits after the first content chunk: priming must not reach it.
+    add_stream(wire, role, chunk("first"), ConnectionResetError("later"))
+    stream = adapter.stream(dep, chat_request(stream=True))
+    iterator = iter(stream)
+    head = next(iterator)
+    assert b'"role":"assistant"' in head and b'"first"' in head
+    with pytest.raises(UpstreamFailed):
+        next(iterator)
