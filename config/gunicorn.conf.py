@@ -2,6 +2,4 @@
 
 Command-line flags (--bind, --workers, …) override these values.
 """
-from gateway.server import gunicorn_settings
-
-globals().update(gunicorn_settings())
+from gateway.gunicorn_conf import *  # noqa: F401,F403  (bind, workers, worker_class, …)

@@ -39,14 +39,15 @@ def check_config(config: Path) -> int:
 def serve(config: Path, host: str | None, port: int | None, workers: int | None) -> int:
     """Replace this process by the gunicorn master (so signals and systemd see gunicorn itself)."""
     os.environ["SHIN_GATEWAY_CONFIG"] = str(config)
-    argv = [sys.executable, "-m", "gunicorn", "-c", str(PROJECT_ROOT / "config" / "gunicorn.conf.py"),
-            "--chdir", str(PROJECT_ROOT)]
+    # The same settings as config/gunicorn.conf.py and wsgi.py, taken from the
+    # package so that a non-editable install needs no checkout.
+    argv = [sys.executable, "-m", "gunicorn", "-c", "python:gateway.gunicorn_conf"]
     if host or port:
         from .server import PORT
         argv += ["--bind", f"{_host(host, config)}:{port or PORT}"]
     if workers:
         argv += ["--workers", str(workers)]
-    argv.append("wsgi:app")
+    argv.append("gateway:create_app()")
     os.execv(sys.executable, argv)
     return 0  # not reached
 

@@ -39,8 +39,8 @@ def gunicorn_settings() -> dict:
         "workers": multiprocessing.cpu_count(),
         # gunicorn's gevent worker on gevent's own HTTP handler: it sends a response's
         # headers and first body bytes in one write (gunicorn's handler uses two),
-        # which measured 1.4x the requests/s on loopback (tests/bench).
-        "worker_class": "gevent_pywsgi",
+        # which measured 1.4x the requests/s on loopback (tests/bench). See worker.py.
+        "worker_class": "gateway.worker.GatewayWorker",
         "worker_connections": WORKER_CONNECTIONS,
         "keepalive": 75,           # longer than nginx's upstream keepalive idle time
         "timeout": 60,             # heartbeat only: gevent workers answer it while streaming

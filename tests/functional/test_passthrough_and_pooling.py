@@ -104,6 +104,19 @@ def test_every_field_reaches_the_upstream_unchanged(gateway, upstream, client_au
     assert "openai-organization" not in lowered, "the client chose the upstream organization"
 
 
+def test_chunked_request_body_reaches_the_upstream_unchanged(gateway, upstream):
+    """A client that streams its request body (Transfer-Encoding: chunked, no Content-Length)."""
+    raw = json.dumps(FULL_BODY, ensure_ascii=False).encode()
+    pieces = iter([raw[i:i + 1000] for i in range(0, len(raw), 1000)])
+    response = requests.post(f"{gateway.url}{CHAT}", data=pieces, timeout=10, headers={
+        "Authorization": f"Bearer {MASTER_KEY}", "Content-Type": "application/json",
+        # requests leaves a connection with a generator body open; an idle keep-alive
+        # connection would hold up the gateway's graceful stop at teardown.
+        "Connection": "close"})
+    assert response.status_code == 200, response.text
+    assert upstream.last_request(UPSTREAM_MODEL)["body"] == _expected_upstream_body(FULL_BODY)
+
+
 def test_streaming_body_reaches_the_upstream_unchanged(gateway, upstream):
     sent = copy.deepcopy(FULL_BODY)
     sent.update(stream=True, stream_options={"include_usage": True})

@@ -757,12 +757,7 @@ def add_model_and_reload(unit, tmp_path: Path, gunicorn: subprocess.Popen):
     time.sleep(2)   # new workers boot
 
 
-DRAIN_BUG = ("gunicorn's gevent_pywsgi workers keep serving idle keep-alive connections with the old config "
-             "for up to graceful_timeout (120 s) after SIGHUP/SIGTERM; nginx pools such connections")
-
-
 @needs_nginx
-@pytest.mark.xfail(strict=True, reason=DRAIN_BUG)
 def test_reload_reaches_clients_behind_nginx_promptly(unit, tmp_path):
     port, nginx_port = free_port(), free_port()
     with gateway_started_like_the_unit(unit, tmp_path, port) as gunicorn:
@@ -782,7 +777,6 @@ def test_reload_reaches_clients_behind_nginx_promptly(unit, tmp_path):
 
 
 @needs_nginx
-@pytest.mark.xfail(strict=True, reason=DRAIN_BUG)
 def test_stop_is_prompt_while_nginx_holds_idle_connections(unit, tmp_path):
     port, nginx_port = free_port(), free_port()
     with gateway_started_like_the_unit(unit, tmp_path, port) as gunicorn:
