@@ -18,24 +18,19 @@ def create_app(config_path: str | os.PathLike | None = None, settings=None):
     from . import api
     from .keys import KeyChecker
     from .logging import install as install_logging
-    from .providers import ADAPTERS, build_adapters
+    from .providers import build_adapters, load_config
     from .redact import Redactor
     from .routing import Router
     from .service import Service
-    from .settings import ConfigError, load_settings
 
-    settings = settings or load_settings(config_path, providers=ADAPTERS)
+    settings = settings or load_config(config_path)
     redactor = Redactor(settings.secrets)
     log = install_logging(redactor)
     for warning in settings.warnings:
         log.warning("config %s: %s", settings.config_path, warning)
     if not settings.master_key:
         log.warning("no master_key is set: the gateway serves without authentication")
-    try:
-        adapters = build_adapters(settings.deployments, pool_maxsize=settings.worker_connections,
-                                  redactor=redactor)
-    except ValueError as exc:
-        raise ConfigError(f"{settings.config_path}: {exc}") from None
+    adapters = build_adapters(settings.deployments, pool_maxsize=settings.worker_connections, redactor=redactor)
     service = Service(settings, KeyChecker(settings.master_key), Router(settings.deployments, settings.router),
                       adapters)
 

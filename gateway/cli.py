@@ -41,7 +41,7 @@ def serve(config: Path, host: str | None, port: int | None, workers: int | None)
     os.environ["SHIN_GATEWAY_CONFIG"] = str(config)
     # The same settings as config/gunicorn.conf.py and wsgi.py, taken from the
     # package so that a non-editable install needs no checkout.
-    argv = [sys.executable, "-m", "gunicorn", "-c", "python:gateway.gunicorn_conf"]
+    argv = [sys.executable, "-m", "gunicorn", "-c", str(Path(__file__).with_name("gunicorn_conf.py"))]
     if host or port:
         from .server import PORT
         argv += ["--bind", f"{_host(host, config)}:{port or PORT}"]
@@ -55,10 +55,10 @@ def serve(config: Path, host: str | None, port: int | None, workers: int | None)
 def _host(host: str | None, config: Path) -> str:
     if host:
         return host
-    from .providers import ADAPTERS
-    from .settings import ConfigError, load_settings
+    from .providers import load_config
+    from .settings import ConfigError
     try:
-        return "0.0.0.0" if load_settings(config, providers=ADAPTERS).master_key else "127.0.0.1"
+        return "0.0.0.0" if load_config(config).master_key else "127.0.0.1"
     except ConfigError:
         return "127.0.0.1"  # gunicorn's config step reports the error and stops
 

@@ -62,6 +62,10 @@ class RequestTooLarge(InvalidRequest):
     status = 413
     code = "request_too_large"
 
+    def __init__(self):
+        super().__init__("The request body is larger than the gateway accepts "
+                         "(general_settings.max_request_body_mb).")
+
 
 class RouteNotFound(InvalidRequest):
     status = 404

@@ -10,9 +10,8 @@ from __future__ import annotations
 import multiprocessing
 import sys
 
-from .providers import ADAPTERS
-from .settings import (ConfigError, config_path_from_env, load_settings, remember_validated,
-                       validated_text)
+from .providers import load_config
+from .settings import ConfigError, config_path_from_env, remember_validated, validated_text
 
 PORT = 4000
 WORKER_CONNECTIONS = 1000
@@ -23,14 +22,14 @@ def gunicorn_settings() -> dict:
     path = config_path_from_env()
     try:
         text = path.read_text(encoding="utf-8")
-        settings = load_settings(path, providers=ADAPTERS, text=text)
+        settings = load_config(path, text=text)
     except (OSError, ConfigError) as exc:
         message = str(exc) if isinstance(exc, ConfigError) else f"{path}: cannot read config file: {exc}"
         if not reloading:
             sys.stderr.write(f"shin-gateway: {message}\n")
             raise SystemExit(2)
         sys.stderr.write(f"shin-gateway: config reload refused, still serving the previous config:\n{message}\n")
-        settings = load_settings(path, providers=ADAPTERS, text=validated_text())
+        settings = load_config(path, text=validated_text())
     else:
         remember_validated(text)
     host = "0.0.0.0" if settings.master_key else "127.0.0.1"
@@ -42,12 +41,18 @@ def gunicorn_settings() -> dict:
         # which measured 1.4x the requests/s on loopback (tests/bench). See worker.py.
         "worker_class": "gateway.worker.GatewayWorker",
         "worker_connections": WORKER_CONNECTIONS,
-        "keepalive": 75,           # longer than nginx's upstream keepalive idle time
+        # Idle keep-alive connections stay open until the client (nginx: after
+        # its 60 s keepalive_timeout) or a stop of the worker ends them; this
+        # value only matters to gunicorn's own HTTP handler.
+        "keepalive": 75,
         "timeout": 60,             # heartbeat only: gevent workers answer it while streaming
         "graceful_timeout": 120,   # in-flight requests and streams finish on reload/stop
         "preload_app": False,      # each worker builds its pools after gevent has patched
         "worker_tmp_dir": "/dev/shm",
         "accesslog": None,
         "errorlog": "-",
+        # gunicorn 27's control socket defaults to one path per user, shared by
+        # every instance on the host; the gateway does not use it.
+        "control_socket_disable": True,
         "raw_env": [f"SHIN_GATEWAY_WORKER_CONNECTIONS={WORKER_CONNECTIONS}"],
     }

@@ -158,7 +158,8 @@ def validated_text() -> str | None:
 
 
 def load_settings(path: str | os.PathLike | None = None, *, providers: Collection[str] | None = None,
-                  environ: dict | None = None, text: str | None = None) -> Settings:
+                  needs_api_base: Collection[str] = (), environ: dict | None = None,
+                  text: str | None = None) -> Settings:
     """Read, resolve and validate the config file; raise ConfigError with path and line.
 
     `text` (or, in a gunicorn worker, SHIN_GATEWAY_CONFIG_TEXT) is the config
@@ -178,7 +179,7 @@ def load_settings(path: str | os.PathLike | None = None, *, providers: Collectio
         data = ConfigSchema().load(resolved)
     except ValidationError as exc:
         raise ConfigError(_format_errors(config_path, exc.messages, lines)) from None
-    return _build(config_path, data, lines, providers, missing, env)
+    return _build(config_path, data, lines, providers, needs_api_base, missing, env)
 
 
 # --- YAML with line numbers ---------------------------------------------------------------
@@ -265,7 +266,7 @@ def _line_for(key_path: tuple, lines: dict) -> int:
 
 # --- from validated data to Settings --------------------------------------------------------
 
-def _build(config_path: Path, data: dict, lines: dict, providers, missing, env) -> Settings:
+def _build(config_path: Path, data: dict, lines: dict, providers, needs_api_base, missing, env) -> Settings:
     litellm = data["litellm_settings"]
     router = data["router_settings"]
     general = data["general_settings"]
@@ -278,6 +279,8 @@ def _build(config_path: Path, data: dict, lines: dict, providers, missing, env) 
         if providers is not None and deployment.provider not in providers:
             errors.append(f"{where}.litellm_params.model: unknown provider '{deployment.provider}' "
                           f"(supported: {', '.join(sorted(providers))})")
+        if deployment.provider in needs_api_base and not deployment.api_base:
+            errors.append(f"{where}.litellm_params.api_base: required for provider '{deployment.provider}'")
         if deployment.id in seen_ids:
             errors.append(f"{where}.model_info.id: duplicate deployment id '{deployment.id}'")
         seen_ids.add(deployment.id)
@@ -292,6 +295,7 @@ def _build(config_path: Path, data: dict, lines: dict, providers, missing, env) 
     if errors:
         raise ConfigError("\n".join([f"{config_path}: invalid config:", *errors]))
     secrets = [d.api_key for d in deployments] + [v for d in deployments for v in d.aws.values()]
+    secrets += [v for d in deployments for v in d.extra_headers.values()]
     secrets += [general["master_key"], general["metrics_token"]]
     return Settings(
         config_path=config_path,

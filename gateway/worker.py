@@ -2,24 +2,28 @@
 
 gunicorn's `gevent_pywsgi` worker answers with one write per response (the
 plain `gevent` worker uses two), but as shipped it lets one worker accept a
-whole burst of connections, and it keeps idle keep-alive connections — which
-nginx and every SDK pool hold — open until `graceful_timeout` on stop or
-reload. Here idle connections close as soon as the worker is told to stop,
-while requests in flight finish.
+whole burst of connections, and on stop or reload it keeps idle keep-alive
+connections — which nginx and every SDK pool hold — open until
+`graceful_timeout`, serving the old config on them. Here, once a worker is
+told to stop, it accepts nothing more, answers what is in flight or arrives
+within DRAIN_GRACE with `Connection: close`, and ends idle connections.
 """
 from __future__ import annotations
 
 import socket
 
+import gevent
 from gevent.monkey import get_original
+from gevent.socket import wait_read
 from gunicorn.workers.ggevent import GeventPyWSGIWorker, PyWSGIHandler, PyWSGIServer
+
+DRAIN_GRACE = 1.0   # seconds a kept-alive connection has, once a stop begins, to send its next request
 
 _select = get_original("select", "select")
 
 
-def _has_data(sock) -> bool:
-    readable, _, _ = _select([sock], [], [], 0)
-    return bool(readable)
+class _Stopping(Exception):
+    """Thrown into a handler that is waiting for a next request when its worker stops."""
 
 
 class _Server(PyWSGIServer):
@@ -31,30 +35,46 @@ class _Server(PyWSGIServer):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.stopping = False
-        self.idle_sockets: set = set()
+        self.waiting: set = set()   # sockets whose handler waits for a request line
         _Server.live.append(self)
 
-    def close_idle(self) -> None:
-        """End keep-alive connections waiting for a next request that has not come."""
+    def begin_stop(self) -> None:
         self.stopping = True
-        for sock in list(self.idle_sockets):
-            try:
-                if not _has_data(sock):
-                    sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+        self.stop_accepting()
+        hub = gevent.get_hub()
+        for sock in list(self.waiting):
+            # Throws only if the handler still waits on this read (gevent checks
+            # when it delivers), so a request that just arrived is never cut.
+            hub.cancel_wait(sock._read_event, _Stopping())
 
 
 class _Handler(PyWSGIHandler):
     def read_requestline(self):
         server = self.server
-        if server.stopping and not _has_data(self.socket):
-            return ""  # the worker is stopping: end this keep-alive connection
-        server.idle_sockets.add(self.socket)
+        if server.stopping:
+            return self._requestline_while_stopping()
+        server.waiting.add(self.socket)
         try:
             return super().read_requestline()
+        except _Stopping:
+            return self._requestline_while_stopping()
         finally:
-            server.idle_sockets.discard(self.socket)
+            server.waiting.discard(self.socket)
+
+    def _requestline_while_stopping(self):
+        """Serve a request already on its way; end a connection with none."""
+        readable, _, _ = _select([self.socket], [], [], 0)
+        if not readable:
+            try:
+                wait_read(self.socket.fileno(), timeout=DRAIN_GRACE)
+            except socket.timeout:
+                return ""
+        return super().read_requestline()
+
+    def start_response(self, status, headers, exc_info=None):
+        if self.server.stopping:
+            headers = [h for h in headers if h[0].lower() != "connection"] + [("Connection", "close")]
+        return super().start_response(status, headers, exc_info)
 
 
 class GatewayWorker(GeventPyWSGIWorker):
@@ -64,4 +84,4 @@ class GatewayWorker(GeventPyWSGIWorker):
     def handle_exit(self, sig, frame):
         super().handle_exit(sig, frame)
         for server in _Server.live:
-            server.close_idle()
+            server.begin_stop()

@@ -24,8 +24,7 @@ def _http_error(error: HTTPException):
     if error.code == 405:
         return render(MethodNotAllowed(f"Method {request.method} is not allowed on {request.path}."))
     if error.code == 413:
-        return render(RequestTooLarge("The request body is larger than the gateway accepts "
-                                      "(general_settings.max_request_body_mb)."))
+        return render(RequestTooLarge())
     if error.code and 400 <= error.code < 500:
         return render(InvalidRequest(error.description or "Bad request.", status=error.code))
     return _unexpected(error)

@@ -9,10 +9,10 @@ from __future__ import annotations
 from functools import wraps
 
 import orjson
-from flask import g, request
+from flask import current_app, g, request
 from marshmallow import Schema
 
-from ..errors import ForbiddenParameter, InvalidRequest, UnsupportedMediaType
+from ..errors import ForbiddenParameter, InvalidRequest, RequestTooLarge, UnsupportedMediaType
 from ..types import ModelRequest
 
 # Fields that would let a client choose the upstream URL, credentials or headers.
@@ -57,6 +57,9 @@ def read_json_object() -> dict:
         raise UnsupportedMediaType(f"Unsupported Content-Type '{content_type}': "
                                    f"send the body as JSON with 'Content-Type: application/json'.")
     raw = request.get_data(cache=False)
+    if request.content_length is None and len(raw) >= current_app.config["MAX_CONTENT_LENGTH"]:
+        # a chunked body is cut at the limit rather than refused: refuse it here
+        raise RequestTooLarge()
     if not raw:
         raise InvalidRequest("The request body is empty: send a JSON object.")
     try:

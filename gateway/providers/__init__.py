@@ -22,10 +22,18 @@ OPENAI_COMPATIBLE_BASES = {
     "hosted_vllm": None,  # no default: api_base is required
 }
 
+NEEDS_API_BASE = frozenset(prefix for prefix, base in OPENAI_COMPATIBLE_BASES.items() if base is None)
+
 ADAPTERS = {
     **{prefix: "openai_compat:OpenAICompatibleAdapter" for prefix in OPENAI_COMPATIBLE_BASES},
     "mock": "mock:MockAdapter",
 }
+
+
+def load_config(path=None, **kwargs):
+    """The config, validated against the providers registered here (what check-config runs)."""
+    from ..settings import load_settings
+    return load_settings(path, providers=ADAPTERS, needs_api_base=NEEDS_API_BASE, **kwargs)
 
 
 def adapter_class(prefix: str):

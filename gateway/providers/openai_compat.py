@@ -54,10 +54,7 @@ class OpenAICompatibleAdapter:
         transports: dict[str, Transport] = {}
         self._upstreams: dict[str, _Upstream] = {}
         for deployment in deployments:
-            base = deployment.api_base or OPENAI_COMPATIBLE_BASES.get(deployment.provider)
-            if not base:
-                raise ValueError(f"model_list entry for '{deployment.model_name}' "
-                                 f"(line {deployment.line}) needs litellm_params.api_base")
+            base = deployment.api_base or OPENAI_COMPATIBLE_BASES[deployment.provider]
             origin = "{0.scheme}://{0.netloc}".format(urlsplit(base))
             transport = transports.get(origin) or transports.setdefault(origin, Transport(pool_maxsize))
             headers = {"Content-Type": "application/json", "Accept": "application/json",
@@ -125,6 +122,8 @@ class OpenAICompatibleAdapter:
         rename = None
         done = finished = primed = False
         for data in response.iter_bytes():
+            if done:
+                continue  # drain what follows [DONE], so the connection can go back to the pool
             if primed and decoder.idle and _is_plain_event(data):
                 finished = finished or _FINISH in data or _FINISH_SPACED in data
                 yield rename(data), None

@@ -389,8 +389,8 @@ def test_a_stream_in_flight_survives_a_good_reload(start_gateway, upstream):
     def stream():
         try:
             with post(f"{gateway.url}/v1/chat/completions", stream=True, timeout=(5, 15),
-                               json={"model": "slow-stream", "stream": True,
-                                     "messages": [{"role": "user", "content": "slowly"}]}) as response:
+                      json={"model": "slow-stream", "stream": True,
+                            "messages": [{"role": "user", "content": "slowly"}]}) as response:
                 result["status"] = response.status_code
                 lines = []
                 for line in response.iter_lines():
@@ -412,7 +412,9 @@ def test_a_stream_in_flight_survives_a_good_reload(start_gateway, upstream):
     gateway.config_path.write_text(reload_config(upstream.base_url, "added-during-stream"))
     reloaded_at = time.monotonic()
     gateway.reload()
-    assert poll(lambda: "added-during-stream" in model_ids(gateway.url), timeout=10), gateway.logs()
+    # the new worker is up while the old one still streams
+    assert poll(lambda: set(gateway.worker_pids()) - old_workers, timeout=10), gateway.logs()
+    assert "ended" not in result, "the stream ended before the new worker was up: the test proves nothing"
 
     client.join(20)
     assert not client.is_alive(), "the stream did not finish"
@@ -425,6 +427,7 @@ def test_a_stream_in_flight_survives_a_good_reload(start_gateway, upstream):
     assert result["ended"] > reloaded_at
     assert poll(workers_replaced(gateway, old_workers, count=1), timeout=10)
     assert gateway.proc.poll() is None
+    assert "added-during-stream" in model_ids(gateway.url), "the reload did not take effect"
 
 
 def test_sighup_refuses_a_config_check_config_rejects(start_gateway, upstream):
@@ -460,3 +463,40 @@ def test_a_kept_alive_client_gets_the_new_config_after_a_reload(start_gateway, u
             f"a kept-alive connection is still served the old config after the reload: {seen}")
     finally:
         session.close()
+
+
+def test_no_request_is_dropped_while_workers_are_replaced(start_gateway, upstream):
+    """Clients opening fresh connections during SIGHUP reloads must all be answered: a stopping worker
+    may stop accepting, but must not close a connection whose first request it has not read yet."""
+    gateway = start_gateway(reload_config(upstream.base_url), env={"TEST_UPSTREAM_KEY": UPSTREAM_KEY})
+    stop = threading.Event()
+    failures: list[str] = []
+    answered = [0]
+
+    def client():
+        body = {"model": "mock", "messages": [{"role": "user", "content": "during reload"}]}
+        while not stop.is_set():
+            try:
+                response = post(f"{gateway.url}/v1/chat/completions", json=body)
+                if response.status_code == 200:
+                    answered[0] += 1
+                else:
+                    failures.append(f"HTTP {response.status_code}: {response.text[:200]}")
+            except requests.RequestException as exc:
+                failures.append(repr(exc))
+
+    clients = [threading.Thread(target=client, daemon=True) for _ in range(4)]
+    for thread in clients:
+        thread.start()
+    try:
+        for _ in range(3):
+            workers = set(gateway.worker_pids())
+            gateway.reload()
+            assert poll(workers_replaced(gateway, workers), timeout=10), gateway.logs()[-3000:]
+            time.sleep(0.3)  # let the clients run against the new workers too
+    finally:
+        stop.set()
+        for thread in clients:
+            thread.join(10)
+    assert answered[0] > 20
+    assert failures == [], f"{len(failures)} of {len(failures) + answered[0]} requests failed: {failures[:5]}"

@@ -171,12 +171,6 @@ def test_default_base_url_of_the_provider(wire):
     assert len(wire.calls) == 1
 
 
-def test_a_provider_without_a_default_base_needs_api_base():
-    with pytest.raises(ValueError, match="api_base"):
-        OpenAICompatibleAdapter([deployment(api_base=None, provider="hosted_vllm")], pool_maxsize=2,
-                                redactor=Redactor())
-
-
 def test_timeouts_connect_and_read(adapter, dep, wire):
     wire.add(responses.POST, CHAT_URL, json=completion_body())
     add_stream(wire, chunk("a", "stop"), DONE)

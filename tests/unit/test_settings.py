@@ -413,3 +413,13 @@ def test_validated_text_from_the_environment(tmp_path):
     path.write_text("broken: [")
     settings = load_settings(path, providers=ADAPTERS, environ={"SHIN_GATEWAY_CONFIG_TEXT": MINIMAL})
     assert settings.model_names == ("mock",)
+
+
+def test_a_provider_without_a_default_base_needs_api_base(tmp_path):
+    """Refused when the config is loaded (check-config, gunicorn's master), not later in a worker."""
+    from gateway.providers import load_config
+    path = tmp_path / "config.yaml"
+    path.write_text("model_list:\n  - model_name: local\n    litellm_params:\n      model: hosted_vllm/llama\n")
+    with pytest.raises(ConfigError) as error:
+        load_config(path)
+    assert "line 2: model_list.0.litellm_params.api_base: required for provider 'hosted_vllm'" in str(error.value)
