@@ -71,6 +71,23 @@ class _Handler(PyWSGIHandler):
                 return ""
         return super().read_requestline()
 
+    def _sendall(self, data):
+        """One send(2) when the kernel takes it all, as it nearly always does.
+
+        gevent's sendall asks the socket for its buffer size (a system call) on
+        every call: a tenth of a streamed chunk's cost in the gateway.
+        """
+        try:
+            sent = self.socket.send(data)
+            if sent < len(data):
+                self.socket.sendall(memoryview(data)[sent:])
+        except socket.error as ex:
+            self.status = "socket error: %s" % ex
+            if self.code > 0:
+                self.code = -self.code
+            raise
+        self.response_length += len(data)
+
     def start_response(self, status, headers, exc_info=None):
         if self.server.stopping:
             headers = [h for h in headers if h[0].lower() != "connection"] + [("Connection", "close")]

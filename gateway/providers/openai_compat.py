@@ -7,6 +7,7 @@ parsed (orjson, about a microsecond each) only to be inspected, never re-encoded
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Iterator
 from urllib.parse import urlsplit
@@ -191,7 +192,7 @@ class OpenAICompatibleAdapter:
 _FINISH = b'"finish_reason":"'
 _FINISH_SPACED = b'"finish_reason": "'
 # Events that must be decoded: they may carry usage, an error, or nothing for the client.
-_NEEDS_DECODING = (b'"usage":{', b'"usage": {', b'"error"', b'"choices":[]', b'"choices": []')
+_NEEDS_DECODING = re.compile(rb'"usage": ?\{|"error"|"choices": ?\[\]')
 
 
 def _is_plain_event(data: bytes) -> bool:
@@ -201,7 +202,7 @@ def _is_plain_event(data: bytes) -> bool:
     single-line event; a false "not plain" only costs the decoding path.
     """
     return (data.startswith(b"data: {") and data.endswith(b"}\n\n") and data.count(b"\n") == 2
-            and b"\r" not in data and not any(marker in data for marker in _NEEDS_DECODING))
+            and b"\r" not in data and _NEEDS_DECODING.search(data) is None)
 
 
 def _data_of(events):
