@@ -7,6 +7,7 @@ parsed (orjson, about a microsecond each) only to be inspected, never re-encoded
 """
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from typing import Iterator
@@ -214,11 +215,12 @@ def _model_renamer(upstream_model, alias: bytes):
     """Replace `"model":"<upstream>"` with the client's name, in place, without re-encoding."""
     if not isinstance(upstream_model, str):
         return _unchanged
-    value = orjson.dumps(upstream_model)
-    if value == b'"' + alias + b'"':
-        return _unchanged
     new = orjson.dumps(alias.decode())
-    pairs = [(b'"model":' + value, b'"model":' + new), (b'"model": ' + value, b'"model": ' + new)]
+    values = {orjson.dumps(upstream_model), json.dumps(upstream_model).encode()}  # raw UTF-8 or \u-escaped
+    values.discard(new)
+    if not values:
+        return _unchanged
+    pairs = [(prefix + value, prefix + new) for value in values for prefix in (b'"model":', b'"model": ')]
 
     def rename(payload: bytes) -> bytes:
         for old, replacement in pairs:
