@@ -37,7 +37,10 @@ def respond(principal: Principal, call: ModelRequest) -> Response:
     except BaseException:
         _stop(watcher)
         raise
-    return Response(_events(stream, watcher), mimetype="text/event-stream", headers=SSE_HEADERS)
+    # direct_passthrough: our bytes go to the server as they are, without
+    # werkzeug's per-chunk encoding and closing wrappers.
+    return Response(_events(stream, watcher), mimetype="text/event-stream", headers=SSE_HEADERS,
+                    direct_passthrough=True)
 
 
 def json_response(body: dict, status: int = 200, headers: dict | None = None) -> Response:
