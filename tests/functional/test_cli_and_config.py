@@ -171,27 +171,9 @@ def test_check_config_reads_shin_gateway_config(tmp_path):
 
 # --- the raw gunicorn form with a bad config -------------------------------------------------------
 
-def test_raw_gunicorn_with_an_invalid_config_exits_quickly_with_the_message(tmp_path):
-    path = write(tmp_path, UNKNOWN_KEY)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "-c", "config/gunicorn.conf.py",
-         "--bind", f"127.0.0.1:{free_port()}", "wsgi:app"],
-        cwd=ROOT, env=clean_env(SHIN_GATEWAY_CONFIG=str(path)), stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    try:
-        output, _ = proc.communicate(timeout=15)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        pytest.fail("gunicorn kept running on an invalid config")
-    assert proc.returncode != 0
-    assert "model_list.0.litellm_params.api_bsae" in output and "line 5" in output, output
-    assert "Traceback" not in output
-
-
-def test_raw_gunicorn_refuses_what_check_config_refuses_with_the_message(tmp_path):
-    """The master must validate what check-config validates, not let every worker crash on it."""
-    path = write(tmp_path, NEEDS_API_BASE)
+def run_raw_gunicorn(tmp_path, config_text: str) -> tuple[int, str]:
+    """`gunicorn -c config/gunicorn.conf.py wsgi:app` on a config; it must exit by itself."""
+    path = write(tmp_path, config_text)
     proc = subprocess.Popen(
         [sys.executable, "-m", "gunicorn", "-c", "config/gunicorn.conf.py",
          "--bind", f"127.0.0.1:{free_port()}", "--workers", "1", "wsgi:app"],
@@ -202,8 +184,21 @@ def test_raw_gunicorn_refuses_what_check_config_refuses_with_the_message(tmp_pat
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.communicate()
-        pytest.fail("gunicorn kept running on a config check-config rejects")
-    assert proc.returncode != 0
+        pytest.fail("gunicorn kept running on an invalid config")
+    return proc.returncode, output
+
+
+def test_raw_gunicorn_with_an_invalid_config_exits_quickly_with_the_message(tmp_path):
+    returncode, output = run_raw_gunicorn(tmp_path, UNKNOWN_KEY)
+    assert returncode != 0
+    assert "model_list.0.litellm_params.api_bsae" in output and "line 5" in output, output
+    assert "Traceback" not in output
+
+
+def test_raw_gunicorn_refuses_what_check_config_refuses_with_the_message(tmp_path):
+    """The master must validate what check-config validates, not let every worker crash on it."""
+    returncode, output = run_raw_gunicorn(tmp_path, NEEDS_API_BASE)
+    assert returncode != 0
     assert "api_base" in output and "line 5" in output, output
     assert "Traceback" not in output, output
     assert "Booting worker" not in output, "the master forked workers on a config it should have refused"
