@@ -29,6 +29,7 @@ FORBIDDEN_FIELDS = frozenset({
 def validated(schema: Schema, endpoint: str):
     """Turn the request body into a ModelRequest for `endpoint`, or raise a 4xx GatewayError."""
     known = frozenset(schema.fields)
+    streams = "stream" in known  # embeddings never stream, whatever the body says
 
     def decorator(view):
         @wraps(view)
@@ -38,7 +39,7 @@ def validated(schema: Schema, endpoint: str):
             errors = schema.validate(body)
             if errors:
                 raise _schema_error(errors)
-            stream = body.get("stream") is True
+            stream = streams and body.get("stream") is True
             options = body.get("stream_options") or {}
             call = ModelRequest(
                 endpoint=endpoint, model=body["model"],

@@ -92,3 +92,11 @@ def test_a_valid_request_reaches_the_model(client):
     response = chat(client, {"model": "mock", "messages": [{"role": "user", "content": "hello"}], "top_k": 3})
     assert response.status_code == 200
     assert response.get_json()["choices"][0]["message"]["content"] == "Mock answer to: hello"
+
+
+def test_embeddings_never_stream_even_if_the_body_asks(client):
+    """`stream` is not an embeddings parameter: it goes upstream as an extra, the answer stays JSON."""
+    response = client.post("/v1/embeddings", json={"model": "mock", "input": "hi", "stream": True})
+    assert response.status_code == 200, response.data
+    assert response.mimetype == "application/json"
+    assert response.json["data"][0]["object"] == "embedding"
