@@ -60,6 +60,13 @@ def standard_config(upstream: FakeUpstream) -> str:
               api_key: os.environ/TEST_UPSTREAM_KEY
               timeout: 1""")
     entries.append(f"""
+          - model_name: stream-stall
+            litellm_params:
+              model: openai/stream-stall-3
+              api_base: {upstream.base_url}
+              api_key: os.environ/TEST_UPSTREAM_KEY
+              stream_timeout: 1""")
+    entries.append(f"""
           - model_name: unreachable
             litellm_params:
               model: openai/anything

@@ -13,6 +13,7 @@ The upstream model name picks the behaviour (see `_SCENARIOS` and `_handle_chat`
   slow-<chunks>-<ms>       stream <chunks> content chunks, <ms> apart
   stream-error-<n>         stream n chunks, then an in-band error event
   stream-cut-<n>           stream n chunks, then drop the connection
+  stream-stall-<n>         stream n chunks, then go silent for 5 s before the rest
   anything else            an answer that echoes the last user message
 """
 from __future__ import annotations
@@ -179,6 +180,11 @@ class _Handler(BaseHTTPRequestHandler):
             events = events[:count] + [b'data: {"error":{"message":"upstream overloaded","type":"server_error",'
                                        b'"param":null,"code":"overloaded"}}\n\n']
             return self._send_events(events, delay, terminate=True)
+        if kind == "stall":
+            self._send_events(events[:count], delay, terminate=False)
+            if not self._client_gone(5.0):
+                self._send_events(events[count:], delay)
+            return
         if kind == "cut":
             self._send_events(events[:count], delay, terminate=False)
             self.connection.shutdown(socket.SHUT_RDWR)
@@ -278,6 +284,8 @@ def _stream_shape(model: str) -> tuple[str, int, float]:
         return "error", int(parts[2]), 0.01
     if model.startswith("stream-cut-"):
         return "cut", int(parts[2]), 0.01
+    if model.startswith("stream-stall-"):
+        return "stall", int(parts[2]), 0.01
     return "normal", 5, 0.0
 
 

@@ -158,6 +158,25 @@ def test_mid_stream_failure_ends_with_one_error_event_and_no_done(gateway, model
     assert sum(1 for e in events if b'"error"' in e.raw) == 1
 
 
+def test_an_upstream_silent_past_stream_timeout_ends_the_stream_in_band(gateway, upstream):
+    """stream-stall: 3 chunks, then 5 s of silence; stream_timeout is 1 s."""
+    with upstream.lock:
+        seen = len(upstream.hangups)
+    stream = open_stream(gateway, "stream-stall")
+    try:
+        events = stream.read_all()
+    finally:
+        stream.close()
+    assert b"[DONE]" not in stream.body, "a timed-out stream must not end with data: [DONE]"
+    assert len(events) == 4, [e.raw[:120] for e in events]
+    silence = events[3].at - events[2].at
+    assert 0.9 <= silence < 2.5, f"the in-band timeout came {silence:.2f}s after the last chunk"
+    error = events[3].json()["error"]
+    assert (error["type"], error["code"], error["param"]) == ("api_error", "upstream_timeout", None), error
+    spec_check("ErrorResponse", events[3].json())
+    assert wait_for(lambda: upstream.hangups[seen:], timeout=2.0), "the gateway kept the stalled upstream open"
+
+
 # --- (e) the client hangs up ------------------------------------------------------------------
 
 @pytest.mark.parametrize("model, chunks_first", [("slow-stream", 2), ("very-slow-stream", 2)])
