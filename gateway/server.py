@@ -36,14 +36,12 @@ def gunicorn_settings() -> dict:
     return {
         "bind": [f"{host}:{PORT}"],
         "workers": multiprocessing.cpu_count(),
-        # gunicorn's gevent worker on gevent's own HTTP handler: it sends a response's
-        # headers and first body bytes in one write (gunicorn's handler uses two);
-        # 5-15% less CPU per relayed request in tests/bench. See worker.py.
+        # gunicorn's gevent worker on gevent's HTTP handler, tuned in worker.py:
+        # head and body in one write, fair accepts, prompt graceful stops.
         "worker_class": "gateway.worker.GatewayWorker",
         "worker_connections": WORKER_CONNECTIONS,
-        # Idle keep-alive connections stay open until the client (nginx: after
-        # its 60 s keepalive_timeout) or a stop of the worker ends them; this
-        # value only matters to gunicorn's own HTTP handler.
+        # Seconds an idle keep-alive connection is kept (worker.py): longer than
+        # nginx's upstream keepalive_timeout (60 s), so nginx closes first.
         "keepalive": 75,
         "timeout": 60,             # heartbeat only: gevent workers answer it while streaming
         "graceful_timeout": 120,   # in-flight requests and streams finish on reload/stop

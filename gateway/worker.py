@@ -1,12 +1,13 @@
 """The gunicorn worker: gevent's pywsgi handler, fair accepts, prompt graceful stops.
 
-gunicorn's `gevent_pywsgi` worker answers with one write per response (the
-plain `gevent` worker uses two), but as shipped it lets one worker accept a
-whole burst of connections, and on stop or reload it keeps idle keep-alive
-connections — which nginx and every SDK pool hold — open until
-`graceful_timeout`, serving the old config on them. Here, once a worker is
+gunicorn's `gevent_pywsgi` worker, as shipped, writes a response's head and
+body in two system calls, lets one worker accept a whole burst of
+connections, and on stop or reload keeps idle keep-alive connections — which
+nginx and every SDK pool hold — open until `graceful_timeout`, serving the
+old config on them. Here, once a worker is
 told to stop, it accepts nothing more, answers what is in flight or arrives
 within DRAIN_GRACE with `Connection: close`, and ends idle connections.
+A connection idle for longer than gunicorn's `keepalive` is closed too.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from gevent.monkey import get_original
 from gevent.socket import wait_read
 from gunicorn.workers.ggevent import GeventPyWSGIWorker, PyWSGIHandler, PyWSGIServer
 
+COALESCE_LIMIT = 65536  # larger first writes go out on their own rather than be copied
 DRAIN_GRACE = 1.0   # seconds a kept-alive connection has, once a stop begins, to send its next request
 
 _select = get_original("select", "select")
@@ -30,6 +32,7 @@ class _Server(PyWSGIServer):
     # Take one connection per wake-up, so the workers sharing the listening
     # socket split a burst of connections instead of one taking it all.
     max_accept = 1
+    idle_timeout: float | None = None   # gunicorn's `keepalive`, set by the worker
     live: list["_Server"] = []
 
     def __init__(self, *args, **kwargs):
@@ -55,7 +58,9 @@ class _Handler(PyWSGIHandler):
             return self._requestline_while_stopping()
         server.waiting.add(self.socket)
         try:
-            return super().read_requestline()
+            with gevent.Timeout(server.idle_timeout, False):
+                return super().read_requestline()
+            return ""  # idle past gunicorn's `keepalive`: end the connection, free its slot
         except _Stopping:
             return self._requestline_while_stopping()
         finally:
@@ -70,6 +75,28 @@ class _Handler(PyWSGIHandler):
             except socket.timeout:
                 return ""
         return super().read_requestline()
+
+    def _write_with_headers(self, data):
+        """Status line, headers and the first body bytes in one send(2).
+
+        pywsgi writes the head and the body separately: a second system call
+        per response, and a small second segment that can wait on a delayed ACK.
+        """
+        self.headers_sent = True
+        self.finalize_headers()
+        head = [b"HTTP/1.1 ", self.status, b"\r\n"]
+        for name, value in self.response_headers:
+            head += (name, b": ", value, b"\r\n")
+        head.append(b"\r\n")
+        if data and len(data) <= COALESCE_LIMIT:
+            if self.response_use_chunked:
+                head += (b"%x\r\n" % len(data), data, b"\r\n")
+            else:
+                head.append(data)
+            self._sendall(b"".join(head))
+        else:
+            self._sendall(b"".join(head))
+            self._write(data)
 
     def _sendall(self, data):
         """One send(2) when the kernel takes it all, as it nearly always does.
@@ -97,6 +124,10 @@ class _Handler(PyWSGIHandler):
 class GatewayWorker(GeventPyWSGIWorker):
     server_class = _Server
     wsgi_handler = _Handler
+
+    def init_process(self):
+        _Server.idle_timeout = self.cfg.keepalive or None
+        super().init_process()
 
     def handle_exit(self, sig, frame):
         super().handle_exit(sig, frame)
