@@ -28,11 +28,11 @@ def create_app(config_path: str | os.PathLike | None = None, settings=None):
     log = install_logging(redactor)
     for warning in settings.warnings:
         log.warning("config %s: %s", settings.config_path, warning)
-    if not settings.master_key:
+    keys = KeyChecker(settings.master_key)
+    if not keys.auth_enabled:
         log.warning("no master_key is set: the gateway serves without authentication")
     adapters = build_adapters(settings.deployments, pool_maxsize=settings.worker_connections, redactor=redactor)
-    service = Service(settings, KeyChecker(settings.master_key), Router(settings.deployments, settings.router),
-                      adapters)
+    service = Service(settings, keys, Router(settings.deployments, settings.router), adapters)
 
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_body_bytes

@@ -5,10 +5,9 @@ import time
 
 from .errors import ModelNotFound, PermissionDenied
 from .keys import KeyChecker
-from .providers.base import PrimedStream
 from .routing import Router
 from .settings import Settings
-from .types import Completion, ModelRequest, Principal
+from .types import ChunkStream, Completion, ModelRequest, Principal
 
 
 class Service:
@@ -22,7 +21,7 @@ class Service:
     def authenticate(self, presented_key: str | None) -> Principal:
         return self._keys.authenticate(presented_key)
 
-    def run(self, principal: Principal, call: ModelRequest) -> Completion | PrimedStream:
+    def run(self, principal: Principal, call: ModelRequest) -> Completion | ChunkStream:
         self._check_model(principal, call.model)
         adapters = self._adapters
         if call.stream:

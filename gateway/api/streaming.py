@@ -1,4 +1,4 @@
-"""Render a Completion as JSON, or a PrimedStream as server-sent events.
+"""Render a Completion as JSON, or a ChunkStream as server-sent events.
 
 Everything about a stream is decided before the first byte (status, headers,
 retries); after it, an upstream failure becomes one in-band error event and
@@ -17,8 +17,7 @@ from gevent import GreenletExit
 from gevent.socket import wait_read
 
 from ..errors import GatewayError, UpstreamFailed
-from ..providers.base import PrimedStream
-from ..types import ModelRequest, Principal
+from ..types import ChunkStream, ModelRequest, Principal
 from .auth import service
 
 log = logging.getLogger("gateway.streaming")
@@ -47,7 +46,7 @@ def json_response(body: dict, status: int = 200, headers: dict | None = None) ->
     return Response(orjson.dumps(body), status=status, headers=headers, mimetype="application/json")
 
 
-def _events(stream: PrimedStream, watcher):
+def _events(stream: ChunkStream, watcher):
     try:
         yield from stream
         yield DONE
