@@ -115,11 +115,8 @@ def assert_json_error(response, status: int, code: str) -> dict:
 
 
 def test_stream_arrives_chunk_by_chunk_through_nginx(nginx):
-    stream = SSEResponse.open(nginx.url, CHAT, chat_body("slow-stream", stream=True), AUTH)
-    try:
+    with SSEResponse.open(nginx.url, CHAT, chat_body("slow-stream", stream=True), AUTH) as stream:
         events = stream.read_all()
-    finally:
-        stream.close()
     assert_sse_framing(stream, behind_nginx=True)
     assert "content-length" not in stream.headers
     first = events[0].at - stream.sent_at

@@ -33,11 +33,8 @@ def wait_for(predicate, timeout: float, interval: float = 0.01):
 # --- (a) flushed chunk by chunk --------------------------------------------------------------
 
 def test_first_chunk_arrives_long_before_the_last(gateway):
-    stream = open_stream(gateway, "slow-stream")      # 40 content chunks, 50 ms apart
-    try:
+    with open_stream(gateway, "slow-stream") as stream:  # 40 content chunks, 50 ms apart
         events = stream.read_all()
-    finally:
-        stream.close()
     assert_sse_framing(stream)
     first = events[0].at - stream.sent_at
     whole = events[-1].at - stream.sent_at
@@ -58,11 +55,8 @@ def test_first_chunk_arrives_long_before_the_last(gateway):
     ("otsu-qwen3-coder-plus", {"n": 1, "temperature": 0.2}),
 ])
 def test_stream_framing(gateway, model, extra):
-    stream = open_stream(gateway, model, **extra)
-    try:
+    with open_stream(gateway, model, **extra) as stream:
         events = stream.read_all()
-    finally:
-        stream.close()
     assert_sse_framing(stream)
     chunks = [e.json() for e in events[:-1]]
     assert all(c["object"] == "chat.completion.chunk" and c["model"] == model for c in chunks), chunks
@@ -77,12 +71,9 @@ def test_stream_framing(gateway, model, extra):
 
 
 def test_legacy_completions_stream_framing(gateway):
-    stream = SSEResponse.open(gateway.url, "/v1/completions",
-                              {"model": "shin-llama-3-1-8b", "prompt": "hi", "stream": True}, AUTH)
-    try:
+    with SSEResponse.open(gateway.url, "/v1/completions",
+                          {"model": "shin-llama-3-1-8b", "prompt": "hi", "stream": True}, AUTH) as stream:
         events = stream.read_all()
-    finally:
-        stream.close()
     assert_sse_framing(stream)
     chunks = [e.json() for e in events[:-1]]
     assert all(c["object"] == "text_completion" and c["model"] == "shin-llama-3-1-8b" for c in chunks)
@@ -111,11 +102,8 @@ def test_fixture_replay_is_byte_identical(gateway, model):
             event = event.replace(RECORDED_MODEL, alias)
         expected.append(event)
 
-    stream = open_stream(gateway, model, stream_options={"include_usage": True})
-    try:
+    with open_stream(gateway, model, stream_options={"include_usage": True}) as stream:
         events = stream.read_all()
-    finally:
-        stream.close()
     assert_sse_framing(stream)
     received = [e.raw for e in events]
     assert len(received) == len(expected), f"{len(received)} events, recorded {len(expected)}"
@@ -131,11 +119,8 @@ def test_fixture_replay_is_byte_identical(gateway, model):
 @pytest.mark.parametrize("model", ["stream-error", "stream-cut"])
 def test_mid_stream_failure_ends_with_one_error_event_and_no_done(gateway, model):
     started = time.monotonic()
-    stream = open_stream(gateway, model)
-    try:
+    with open_stream(gateway, model) as stream:
         events = stream.read_all()
-    finally:
-        stream.close()
     assert time.monotonic() - started < 8, "the cut stream was not ended promptly"
     assert stream.status == 200
     assert stream.header("content-type").startswith("text/event-stream")
@@ -162,11 +147,8 @@ def test_an_upstream_silent_past_stream_timeout_ends_the_stream_in_band(gateway,
     """stream-stall: 3 chunks, then 5 s of silence; stream_timeout is 1 s."""
     with upstream.lock:
         seen = len(upstream.hangups)
-    stream = open_stream(gateway, "stream-stall")
-    try:
+    with open_stream(gateway, "stream-stall") as stream:
         events = stream.read_all()
-    finally:
-        stream.close()
     assert b"[DONE]" not in stream.body, "a timed-out stream must not end with data: [DONE]"
     assert len(events) == 4, [e.raw[:120] for e in events]
     silence = events[3].at - events[2].at

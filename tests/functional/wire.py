@@ -137,6 +137,12 @@ class SSEResponse:
     def close(self) -> None:
         self.sock.close()
 
+    def __enter__(self) -> "SSEResponse":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
     # --- internals -------------------------------------------------------------------
 
     def _more(self) -> bool:
