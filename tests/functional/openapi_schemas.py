@@ -1,6 +1,6 @@
 """OpenAI's OpenAPI spec as JSON-Schema validators, and a checker for whole HTTP exchanges.
 
-The spec (shared/reference/openai-openapi.yaml) is loaded once per process with
+The spec (tests/reference/openai-openapi.yaml, vendored) is loaded once per process with
 the C YAML loader, its OpenAPI-3.0 `nullable: true` keywords are rewritten to
 `anyOf: [..., {"type": "null"}]` (a 2020-12 validator ignores `nullable`, and
 real OpenAI chunks carry `finish_reason: null`, `logprobs: null`), and the
@@ -30,7 +30,7 @@ import json
 from pathlib import Path
 from urllib.parse import urlsplit
 
-SPEC_PATH = Path(__file__).resolve().parents[3] / "shared" / "reference" / "openai-openapi.yaml"
+SPEC_PATH = Path(__file__).resolve().parents[1] / "reference" / "openai-openapi.yaml"
 SPEC_URI = "urn:spec"
 
 
@@ -67,6 +67,8 @@ def _registry():
     from referencing import Registry
     from referencing.jsonschema import DRAFT202012
 
+    if not SPEC_PATH.is_file() or SPEC_PATH.stat().st_size == 0:
+        raise FileNotFoundError(f"OpenAI spec missing or empty: {SPEC_PATH} (vendored test data, see tests/reference)")
     with SPEC_PATH.open("rb") as handle:
         spec = fix_nullable(yaml.load(handle, Loader=yaml.CSafeLoader))
     schemas = spec["components"]["schemas"]

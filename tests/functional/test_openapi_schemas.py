@@ -11,19 +11,39 @@ from pathlib import Path
 
 import pytest
 
+from . import openapi_schemas
 from .openapi_schemas import SpecViolation, check_exchange, parse_sse, validate
 
-FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "reference" / "fixtures" / "openai"
+FIXTURES = Path(__file__).resolve().parents[1] / "reference" / "fixtures" / "openai"
+STREAMS = sorted(FIXTURES.glob("chat-stream-*.sse"))
+RESPONSES = sorted(FIXTURES.glob("chat-nonstream-*.json"))
 
 
-@pytest.mark.parametrize("path", sorted(FIXTURES.glob("chat-stream-*.sse")), ids=lambda p: p.stem)
+def test_recorded_fixtures_are_there():
+    """An empty or missing fixture directory must fail, not parametrize to nothing."""
+    assert len(STREAMS) >= 7, f"recorded streams missing under {FIXTURES}"
+    assert len(RESPONSES) >= 2, f"recorded responses missing under {FIXTURES}"
+
+
+def test_a_missing_spec_fails_loudly(monkeypatch, tmp_path):
+    """No spec means an error, never a validator that accepts everything."""
+    for path in (tmp_path / "absent.yaml", tmp_path / "empty.yaml"):
+        if path.name == "empty.yaml":
+            path.write_bytes(b"")
+        monkeypatch.setattr(openapi_schemas, "SPEC_PATH", path)
+        with pytest.raises(FileNotFoundError, match=path.name):
+            openapi_schemas._registry.__wrapped__()
+
+
+@pytest.mark.parametrize("path", STREAMS, ids=lambda p: p.stem)
 def test_recorded_openai_streams_pass(path):
     events = check_exchange("POST", "/v1/chat/completions", 200, "text/event-stream", path.read_bytes())["events"]
     assert events[-1] == "[DONE]" and len(events) > 3
 
 
 def test_recorded_openai_responses_pass():
-    for path in FIXTURES.glob("chat-nonstream-*.json"):
+    assert RESPONSES, f"no chat-nonstream-*.json under {FIXTURES}"
+    for path in RESPONSES:
         validate("CreateChatCompletionResponse", json.loads(path.read_text()))
 
 

@@ -19,7 +19,7 @@ import pytest
 from .conftest import MASTER_KEY, STANDARD_MODELS
 from .openapi_schemas import record_httpx, validate
 
-FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "reference" / "fixtures" / "openai"
+FIXTURES = Path(__file__).resolve().parents[1] / "reference" / "fixtures" / "openai"
 STREAM_TEXT = "tok0 tok1 tok2 tok3 tok4 "      # the fake upstream's generated 5-chunk stream
 UPSTREAM_VECTOR = [0.1, -0.2, 0.3, 0.4]        # the fake upstream's embedding of input 0
 TIMEOUT = 15.0

@@ -107,7 +107,7 @@ def test_fixture_replay_is_byte_identical(gateway, model):
     assert_sse_framing(stream)
     received = [e.raw for e in events]
     assert len(received) == len(expected), f"{len(received)} events, recorded {len(expected)}"
-    for index, (got, want) in enumerate(zip(received, expected)):
+    for index, (got, want) in enumerate(zip(received, expected, strict=True)):
         assert got == want, f"event {index} differs:\n got  {got[:300]!r}\n want {want[:300]!r}"
     chunks = [e.json() for e in events[:-1]]
     assert {c["model"] for c in chunks} == {model}

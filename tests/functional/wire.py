@@ -14,10 +14,7 @@ from urllib.parse import urlsplit
 from .conftest import MASTER_KEY, UPSTREAM_KEY, standard_config
 from .gateway_process import GatewayProcess
 
-try:  # OpenAPI validators, written in parallel: used when present, never needed to pass
-    from .openapi_schemas import validate as _spec_validate
-except ImportError:  # pragma: no cover
-    _spec_validate = None
+from .openapi_schemas import validate as _spec_validate
 
 ERROR_KEYS = {"message", "type", "param", "code"}
 CHUNK_SCHEMAS = {"chat.completion.chunk": "CreateChatCompletionStreamResponse",
@@ -25,9 +22,8 @@ CHUNK_SCHEMAS = {"chat.completion.chunk": "CreateChatCompletionStreamResponse",
 
 
 def spec_check(schema: str, instance) -> None:
-    """Validate against OpenAI's spec when tests/functional/openapi_schemas.py is there."""
-    if _spec_validate is not None:
-        _spec_validate(schema, instance)
+    """Validate against OpenAI's spec (raises SpecViolation; never a no-op)."""
+    _spec_validate(schema, instance)
 
 
 LEAKS = (MASTER_KEY, UPSTREAM_KEY, "Traceback", 'File "')
