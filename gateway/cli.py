@@ -1,7 +1,7 @@
 """`shin-gateway`: run the gateway under gunicorn, or check a config file.
 
     shin-gateway [--config PATH] [--host HOST] [--port PORT] [--workers N]
-    shin-gateway check-config [--config PATH]
+    shin-gateway check-config [--config PATH] [--require-master-key]
 """
 from __future__ import annotations
 
@@ -17,11 +17,12 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     config = _config_path(args.config)
     if args.command == "check-config":
-        return check_config(config)
+        return check_config(config, require_master_key=args.require_master_key)
     return serve(config, args.host, args.port, args.workers)
 
 
-def check_config(config: Path) -> int:
+def check_config(config: Path, *, require_master_key: bool = False) -> int:
+    """Exit status 0 for a config that may be served; `require_master_key` also refuses a keyless one."""
     from . import create_app
     from .settings import ConfigError
 
@@ -31,6 +32,10 @@ def check_config(config: Path) -> int:
         print(exc, file=sys.stderr)
         return 1
     settings = app.extensions["gateway"].settings
+    if require_master_key and not settings.master_key:
+        print(f"{config}: general_settings.master_key is not set: refusing a config that would serve "
+              f"without authentication (set master_key: os.environ/LITELLM_MASTER_KEY)", file=sys.stderr)
+        return 1
     print(f"{config}: OK — {len(settings.deployments)} deployments in "
           f"{len(settings.model_names)} model groups: {', '.join(settings.model_names)}")
     return 0
@@ -78,6 +83,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--host", help="address to bind (default 0.0.0.0 with a master key, else 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port to bind (default 4000)")
     parser.add_argument("--workers", type=int, help="gevent worker processes (default: one per CPU)")
+    parser.add_argument("--require-master-key", action="store_true",
+                        help="check-config: fail unless the config sets a master key (what systemd runs)")
     return parser
 
 

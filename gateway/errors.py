@@ -7,6 +7,9 @@ to decide what to do next. Nothing here knows about Flask or requests.
 from __future__ import annotations
 
 
+RETRY_AFTER_MAX = 300.0  # seconds: no upstream value makes a client wait longer
+
+
 class GatewayError(Exception):
     status = 500
     type = "api_error"
@@ -34,7 +37,9 @@ class GatewayError(Exception):
     def headers(self) -> dict:
         headers = {}
         if self.retry_after is not None:
-            headers["Retry-After"] = str(max(1, int(self.retry_after + 0.999)))
+            headers["Retry-After"] = str(max(1, int(min(self.retry_after, RETRY_AFTER_MAX) + 0.999)))
+        elif self.status in (429, 503):
+            headers["Retry-After"] = "1"  # the contract promises one on every 429 and 503
         if self.should_retry_client is not None:
             headers["x-should-retry"] = "true" if self.should_retry_client else "false"
         return headers
@@ -56,6 +61,12 @@ class ForbiddenParameter(InvalidRequest):
 class UnsupportedMediaType(InvalidRequest):
     status = 415
     code = "unsupported_media_type"
+
+
+class RequestTimeout(InvalidRequest):
+    """The client did not send its whole request in time."""
+    status = 408
+    code = "request_timeout"
 
 
 class RequestTooLarge(InvalidRequest):

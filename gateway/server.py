@@ -7,6 +7,7 @@ workers gunicorn forks keep serving the text validated last.
 """
 from __future__ import annotations
 
+import ipaddress
 import multiprocessing
 import sys
 
@@ -27,13 +28,13 @@ def gunicorn_settings() -> dict:
         message = str(exc) if isinstance(exc, ConfigError) else f"{path}: cannot read config file: {exc}"
         if not reloading:
             sys.stderr.write(f"shin-gateway: {message}\n")
-            raise SystemExit(2)
+            raise SystemExit(2) from None
         sys.stderr.write(f"shin-gateway: config reload refused, still serving the previous config:\n{message}\n")
         settings = load_config(path, text=validated_text())
     else:
         remember_validated(text)
     host = "0.0.0.0" if settings.master_key else "127.0.0.1"
-    return {
+    conf = {
         "bind": [f"{host}:{PORT}"],
         "workers": multiprocessing.cpu_count(),
         # gunicorn's gevent worker on gevent's HTTP handler, tuned in worker.py:
@@ -54,3 +55,32 @@ def gunicorn_settings() -> dict:
         "control_socket_disable": True,
         "raw_env": [f"SHIN_GATEWAY_WORKER_CONNECTIONS={WORKER_CONNECTIONS}"],
     }
+    if not settings.master_key:
+        conf["when_ready"] = _refuse_open_keyless
+    return conf
+
+
+def _refuse_open_keyless(server) -> None:
+    """No master key: serve on loopback only, whatever --bind said (command-line flags override the config)."""
+    exposed = [address for address in _bound_addresses(server) if not _is_loopback(address)]
+    if exposed:
+        server.log.error("refusing to serve without a master_key on %s: without general_settings.master_key the "
+                         "gateway binds loopback only (127.0.0.1 / ::1)", ", ".join(exposed))
+        server.halt(reason="keyless gateway asked to bind a non-loopback address", exit_status=3)
+    server.log.warning("no master_key is set: serving without authentication on loopback only")
+
+
+def _bound_addresses(server) -> list[str]:
+    addresses = []
+    for listener in server.LISTENERS:
+        name = listener.sock.getsockname()
+        if isinstance(name, tuple):
+            addresses.append(name[0])
+    return addresses
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host.split("%")[0]).is_loopback
+    except ValueError:
+        return False

@@ -3,14 +3,16 @@ from __future__ import annotations
 
 import time
 
-from .errors import ModelNotFound, PermissionDenied
+from .errors import ModelNotFound, PermissionDenied, UpstreamAuthFailed
 from .keys import KeyChecker
 from .routing import Router
 from .settings import Settings
-from .types import ChunkStream, Completion, ModelRequest, Principal
+from .types import ChunkStream, Completion, Deployment, ModelRequest, Principal
 
 
 class Service:
+    """What the views call: who is calling, may they, and the model call itself through the router."""
+
     def __init__(self, settings: Settings, keys: KeyChecker, router: Router, adapters: dict):
         self.settings = settings
         self._keys = keys
@@ -22,11 +24,18 @@ class Service:
         return self._keys.authenticate(presented_key)
 
     def run(self, principal: Principal, call: ModelRequest) -> Completion | ChunkStream:
+        """A whole answer, or a stream primed up to its first content (every retry is over by then)."""
         self._check_model(principal, call.model)
         adapters = self._adapters
-        if call.stream:
-            return self._router.call(call.model, lambda d: adapters[d.provider].stream(d, call))
-        return self._router.call(call.model, lambda d: adapters[d.provider].complete(d, call))
+
+        def attempt(deployment: Deployment, deadline: float):
+            if deployment.unset_env:
+                raise _keyless(deployment)
+            adapter = adapters[deployment.provider]
+            if call.stream:
+                return adapter.stream(deployment, call, deadline)
+            return adapter.complete(deployment, call, deadline)
+        return self._router.call(call.model, attempt)
 
     def models(self, principal: Principal) -> list[dict]:
         return [self._model_card(name) for name in self._router.model_names if principal.may_use(name)]
@@ -51,3 +60,10 @@ class Service:
 
     def _model_card(self, name: str) -> dict:
         return {"id": name, "object": "model", "created": self._created, "owned_by": "shin-gateway"}
+
+
+def _keyless(deployment: Deployment) -> UpstreamAuthFailed:
+    """A credential the config names is missing from the environment: say which, call nobody."""
+    names = ", ".join(deployment.unset_env)
+    return UpstreamAuthFailed(f"the gateway has no upstream credentials for deployment {deployment.id}: "
+                              f"environment variable {names} is not set")

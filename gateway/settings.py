@@ -8,20 +8,28 @@ from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Collection
 
 import yaml
 from marshmallow import RAISE, Schema, ValidationError, fields, validate
 
-from .types import Deployment
+from .types import Deployment, RouterSettings
 
 ENV_PREFIX = "os.environ/"
 DEFAULT_CONFIG = "config/config.yaml"
 VALIDATED_TEXT_ENV = "SHIN_GATEWAY_CONFIG_TEXT"
 ROUTING_STRATEGIES = ("simple-shuffle", "least-busy", "latency-based-routing", "usage-based-routing")
 MODES = ("chat", "embedding", "completion")
+# Keys whose `os.environ/NAME` must resolve, or the gateway would serve open.
+FAIL_CLOSED_KEYS = (("general_settings", "master_key"), ("general_settings", "metrics_token"))
+NOT_ACTED_ON = ("model_list.rpm", "model_list.tpm", "router_settings.allowed_fails",
+                "router_settings.cooldown_time", "litellm_settings.drop_params",
+                "general_settings.database_url", "general_settings.redis_url", "general_settings.metrics_token",
+                "general_settings.background_health_checks", "general_settings.health_check_interval")
+HEAD_TIMEOUT = 10.0   # seconds for a request line and headers to arrive
+BODY_TIMEOUT = 30.0   # seconds for the body to arrive once the head has
 
 
 class ConfigError(Exception):
@@ -96,7 +104,9 @@ class GeneralSettingsSchema(_Strict):
     database_url = fields.String(allow_none=True, load_default=None)
     redis_url = fields.String(allow_none=True, load_default=None)
     max_request_body_mb = fields.Float(validate=_positive, load_default=10.0)
-    cors_allow_origins = fields.List(fields.String(), load_default=lambda: ["*"])
+    # None = "*" with a master key, no CORS at all without one (a keyless
+    # gateway on loopback must not be callable from every page a browser opens).
+    cors_allow_origins = fields.List(fields.String(), allow_none=True, load_default=None)
     metrics_token = fields.String(allow_none=True, load_default=None)
     background_health_checks = fields.Boolean(load_default=False)
     health_check_interval = fields.Float(validate=_positive, load_default=300.0)
@@ -110,16 +120,6 @@ class ConfigSchema(_Strict):
 
 
 # --- the validated result -----------------------------------------------------------------
-
-@dataclass(frozen=True)
-class RouterSettings:
-    routing_strategy: str = "simple-shuffle"
-    num_retries: int = 2
-    timeout: float | None = None
-    allowed_fails: int = 3
-    cooldown_time: float = 5.0
-    fallbacks: tuple[tuple[str, tuple[str, ...]], ...] = ()
-
 
 @dataclass(frozen=True)
 class Settings:
@@ -174,12 +174,22 @@ def load_settings(path: str | os.PathLike | None = None, *, providers: Collectio
     except OSError as exc:
         raise ConfigError(f"{config_path}: cannot read config file: {exc.strerror or exc}") from None
     raw, lines = _parse_yaml(text, config_path)
-    resolved, missing = _resolve_env(raw, env)
+    missing: dict[tuple, str] = {}
+    resolved = _resolve_env(raw, env, (), missing)
+    _refuse_keyless(config_path, missing, lines)
     try:
         data = ConfigSchema().load(resolved)
     except ValidationError as exc:
         raise ConfigError(_format_errors(config_path, exc.messages, lines)) from None
-    return _build(config_path, data, lines, providers, needs_api_base, missing, env)
+    settings = _build(config_path, data, lines, providers, needs_api_base, missing, env)
+    return replace(settings, warnings=settings.warnings + _not_acted_on(raw))
+
+
+def worker_timeouts(environ: dict | None = None) -> tuple[float, float]:
+    """Seconds a client has for a request head, and then for its body (tests shorten them)."""
+    env = os.environ if environ is None else environ
+    return (_float_env(env, "SHIN_GATEWAY_HEAD_TIMEOUT", HEAD_TIMEOUT),
+            _float_env(env, "SHIN_GATEWAY_BODY_TIMEOUT", BODY_TIMEOUT))
 
 
 # --- YAML with line numbers ---------------------------------------------------------------
@@ -218,19 +228,56 @@ def _construct(loader, node, path: tuple, lines: dict):
     return loader.construct_object(node, deep=True)
 
 
-def _resolve_env(value, env, missing=None):
-    """Replace every `os.environ/NAME` string; an unset variable resolves to None."""
-    missing = [] if missing is None else missing
+def _resolve_env(value, env, path: tuple, missing: dict):
+    """Replace every `os.environ/NAME` string; an unset or empty variable resolves to None.
+
+    `missing` collects the key path of each such value with its variable name,
+    so that the caller decides per key: refuse to start, or refuse to call out.
+    """
     if isinstance(value, dict):
-        return {k: _resolve_env(v, env, missing)[0] for k, v in value.items()}, missing
+        return {k: _resolve_env(v, env, path + (k,), missing) for k, v in value.items()}
     if isinstance(value, list):
-        return [_resolve_env(v, env, missing)[0] for v in value], missing
+        return [_resolve_env(v, env, path + (i,), missing) for i, v in enumerate(value)]
     if isinstance(value, str) and value.startswith(ENV_PREFIX):
         name = value[len(ENV_PREFIX):]
-        if name not in env:
-            missing.append(name)
-        return env.get(name), missing
-    return value, missing
+        if not env.get(name):
+            missing[path] = name
+            return None
+        return env[name]
+    return value
+
+
+def _refuse_keyless(path: Path, missing: dict, lines: dict) -> None:
+    """Fail closed: a key the config names but the environment lacks never means "no key"."""
+    errors = []
+    for key in FAIL_CLOSED_KEYS:
+        name = missing.get(key)
+        if name:
+            dotted = ".".join(key)
+            errors.append(f"  line {_line_for(key, lines)}: {dotted}: environment variable {name} is not set "
+                          f"or empty; refusing to start without it (remove {key[-1]} to run without one)")
+    if errors:
+        raise ConfigError("\n".join([f"{path}: invalid config:", *errors]))
+
+
+def _not_acted_on(raw: dict) -> tuple[str, ...]:
+    """Settings this release parses but does not act on yet: said at start, never accepted silently."""
+    present = []
+    for dotted in NOT_ACTED_ON:
+        section, _, key = dotted.partition(".")
+        values = [raw.get(section)] if section != "model_list" else raw.get("model_list") or []
+        for value in values:
+            container = value.get("litellm_params") if section == "model_list" and isinstance(value, dict) else value
+            if isinstance(container, dict) and key in container:
+                present.append(dotted)
+                break
+    strategy = (raw.get("router_settings") or {}).get("routing_strategy") if isinstance(
+        raw.get("router_settings"), dict) else None
+    if strategy not in (None, "simple-shuffle"):
+        present.append(f"router_settings.routing_strategy={strategy} (simple-shuffle is used)")
+    if not present:
+        return ()
+    return (f"accepted but not acted on in this release: {', '.join(present)} (docs/configuration.md)",)
 
 
 def _format_errors(path: Path, messages, lines: dict) -> str:
@@ -266,7 +313,8 @@ def _line_for(key_path: tuple, lines: dict) -> int:
 
 # --- from validated data to Settings --------------------------------------------------------
 
-def _build(config_path: Path, data: dict, lines: dict, providers, needs_api_base, missing, env) -> Settings:
+def _build(config_path: Path, data: dict, lines: dict, providers, needs_api_base, missing: dict,
+           env) -> Settings:
     litellm = data["litellm_settings"]
     router = data["router_settings"]
     general = data["general_settings"]
@@ -274,7 +322,8 @@ def _build(config_path: Path, data: dict, lines: dict, providers, needs_api_base
     deployments, errors = [], []
     seen_ids: set[str] = set()
     for index, entry in enumerate(data["model_list"]):
-        deployment = _deployment(index, entry, default_timeout, lines)
+        unset = tuple(dict.fromkeys(name for key, name in missing.items() if key[:2] == ("model_list", index)))
+        deployment = _deployment(index, entry, default_timeout, lines, unset)
         where = f"  line {deployment.line}: model_list.{index}"
         if providers is not None and deployment.provider not in providers:
             errors.append(f"{where}.litellm_params.model: unknown provider '{deployment.provider}' "
@@ -310,17 +359,17 @@ def _build(config_path: Path, data: dict, lines: dict, providers, needs_api_base
         database_url=_database_url(general["database_url"], config_path),
         redis_url=general["redis_url"],
         max_request_body_bytes=int(general["max_request_body_mb"] * 1024 * 1024),
-        cors_allow_origins=tuple(general["cors_allow_origins"]),
+        cors_allow_origins=_cors(general["cors_allow_origins"], general["master_key"]),
         metrics_token=general["metrics_token"],
         background_health_checks=general["background_health_checks"],
         health_check_interval=general["health_check_interval"],
         worker_connections=_int_env(env, "SHIN_GATEWAY_WORKER_CONNECTIONS", 1000),
         secrets=tuple(sorted({s for s in secrets if s and len(s) >= 4}, key=len, reverse=True)),
-        warnings=tuple(f"environment variable {name} is not set" for name in dict.fromkeys(missing)),
+        warnings=tuple(f"environment variable {name} is not set or empty" for name in dict.fromkeys(missing.values())),
     )
 
 
-def _deployment(index: int, entry: dict, default_timeout: float, lines: dict) -> Deployment:
+def _deployment(index: int, entry: dict, default_timeout: float, lines: dict, unset_env: tuple) -> Deployment:
     params = entry["litellm_params"]
     info = entry.get("model_info") or {}
     provider, _, upstream_model = params["model"].partition("/")
@@ -345,6 +394,7 @@ def _deployment(index: int, entry: dict, default_timeout: float, lines: dict) ->
         mode=info.get("mode") or "chat", max_tokens=info.get("max_tokens"),
         health_check_timeout=info.get("health_check_timeout"),
         line=lines.get(("model_list", index)),
+        unset_env=unset_env,
     )
 
 
@@ -366,6 +416,20 @@ def _database_url(url: str | None, config_path: Path) -> str:
         relative = url[len("sqlite:///"):]
         return f"sqlite:///{(config_path.parent / relative).resolve()}"
     return url
+
+
+def _cors(configured: list | None, master_key: str | None) -> tuple[str, ...]:
+    if configured is not None:
+        return tuple(configured)
+    return ("*",) if master_key else ()
+
+
+def _float_env(env, name: str, default: float) -> float:
+    try:
+        value = float(env.get(name, default))
+    except ValueError:
+        return default
+    return value if value > 0 else default
 
 
 def _int_env(env, name: str, default: int) -> int:

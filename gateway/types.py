@@ -30,6 +30,20 @@ class Deployment:
     max_tokens: int | None = None
     health_check_timeout: float | None = None
     line: int | None = None     # where it stands in the config file, for messages
+    # `os.environ/NAME` credentials whose variable is unset or empty: the
+    # deployment answers a clear error naming them instead of calling out keyless.
+    unset_env: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class RouterSettings:
+    """`router_settings`, as the router needs them (here so routing/ need not import settings)."""
+    routing_strategy: str = "simple-shuffle"
+    num_retries: int = 2
+    timeout: float | None = None
+    allowed_fails: int = 3
+    cooldown_time: float = 5.0
+    fallbacks: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,12 +71,23 @@ class Usage:
 
     @classmethod
     def from_openai(cls, usage: Mapping | None) -> "Usage | None":
+        """Token counts from an upstream's `usage`; a field of the wrong type counts as absent.
+
+        Upstreams are not always careful (strings, floats, nulls, nested
+        objects): a bad count must never turn a good answer into an error.
+        """
         if not isinstance(usage, Mapping):
             return None
-        prompt = usage.get("prompt_tokens") or 0
-        completion = usage.get("completion_tokens") or 0
-        total = usage.get("total_tokens") or prompt + completion
-        return cls(int(prompt), int(completion), int(total))
+        prompt = _count(usage.get("prompt_tokens"))
+        completion = _count(usage.get("completion_tokens"))
+        total = _count(usage.get("total_tokens")) or prompt + completion
+        return cls(prompt, completion, total)
+
+
+def _count(value) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 2 ** 53:
+        return 0
+    return int(value)
 
 
 @dataclass(slots=True)

@@ -7,10 +7,14 @@ from flask import current_app, request
 
 
 def presented_key(headers) -> str | None:
-    authorization = headers.get("Authorization")
-    if authorization:
-        scheme, _, value = authorization.partition(" ")
-        return value.strip() if scheme.lower() == "bearer" else authorization.strip()
+    """The key of `Authorization: Bearer`, else of `api-key` (Azure SDKs) or `x-api-key` (Anthropic's).
+
+    A bare `Authorization: <key>` or another scheme is not read as a key: a
+    proxy or a browser may put credentials of its own there.
+    """
+    scheme, _, value = (headers.get("Authorization") or "").strip().partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip()
     return headers.get("api-key") or headers.get("x-api-key")
 
 

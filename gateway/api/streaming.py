@@ -27,10 +27,17 @@ DONE = b"data: [DONE]\n\n"
 
 
 def respond(principal: Principal, call: ModelRequest) -> Response:
-    """Run the call and render it: JSON for a whole answer, SSE for a stream."""
-    if not call.stream:
-        return json_response(service().run(principal, call).body)
+    """Run the call and render it: JSON for a whole answer, SSE for a stream.
+
+    Whichever it is, a client that hangs up stops the upstream call at once,
+    so an abandoned request spends no more upstream tokens.
+    """
     watcher = _watch_client(request.environ)
+    if not call.stream:
+        try:
+            return json_response(service().run(principal, call).body)
+        finally:
+            _stop(watcher)
     try:
         stream = service().run(principal, call)
     except BaseException:

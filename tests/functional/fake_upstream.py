@@ -1,7 +1,7 @@
 """A fake OpenAI-compatible upstream on 127.0.0.1 for functional tests.
 
 It speaks the real wire format (JSON bodies as OpenAI sends them, SSE streams
-replayed from the recorded fixtures in shared/reference) and records what it
+replayed from the recorded fixtures in tests/reference) and records what it
 received, how many TCP connections it accepted and when a client hung up, so
 tests can assert at the upstream's side of the gateway.
 
@@ -9,7 +9,7 @@ The upstream model name picks the behaviour (see `_SCENARIOS` and `_handle_chat`
   status-<code>[-<kind>]   answer that HTTP status with an OpenAI error body
   hang-<seconds>           wait, then answer (to trip the gateway's timeout)
   garbage                  200 with a body that is not JSON
-  fixture-<name>           replay shared/reference/fixtures/openai/chat-stream-<name>.sse
+  fixture-<name>           replay tests/reference/fixtures/openai/chat-stream-<name>.sse
   slow-<chunks>-<ms>       stream <chunks> content chunks, <ms> apart
   stream-error-<n>         stream n chunks, then an in-band error event
   stream-cut-<n>           stream n chunks, then drop the connection
@@ -26,7 +26,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-REFERENCE = Path(__file__).resolve().parents[3] / "shared" / "reference"
+REFERENCE = Path(__file__).resolve().parents[1] / "reference"   # tests/reference, vendored
 FIXTURES = REFERENCE / "fixtures" / "openai"
 
 
@@ -120,8 +120,8 @@ class _Handler(BaseHTTPRequestHandler):
             return self._json(404, _error(f"no route {self.path}", "invalid_request_error"))
         if model.startswith("status-"):
             return self._status(model)
-        if model.startswith("hang-"):
-            time.sleep(float(model.split("-")[1]))
+        if model.startswith("hang-") and self._client_gone(float(model.split("-")[1])):
+            return  # the gateway hung up while we made it wait
         if model == "garbage":
             return self._raw(200, b"<html>not json</html>", "text/html")
         legacy = self.path == "/v1/completions"
@@ -203,8 +203,10 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _client_gone(self, wait: float) -> bool:
         """Wait between chunks, noticing at once if the gateway closes the connection."""
-        readable, _, _ = select.select([self.connection], [], [], wait)
-        if readable:
+        # poll(2), not select(2): a test holding over a thousand sockets gets descriptors >= 1024
+        poller = select.poll()
+        poller.register(self.connection, select.POLLIN)
+        if poller.poll(wait * 1000):
             try:
                 if self.connection.recv(1, socket.MSG_PEEK) == b"":
                     self._hung_up()

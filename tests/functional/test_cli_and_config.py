@@ -80,9 +80,9 @@ def write(tmp_path: Path, text: str, name: str = "config.yaml") -> Path:
     return path
 
 
-def check_config(path: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([SHIN_GATEWAY, "check-config", "--config", str(path)], cwd=ROOT, env=clean_env(),
-                          capture_output=True, text=True, timeout=30)
+def check_config(path: Path, *flags: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([SHIN_GATEWAY, "check-config", "--config", str(path), *flags], cwd=ROOT,
+                          env=clean_env(**(env or {})), capture_output=True, text=True, timeout=30)
 
 
 def get(url: str, **kwargs) -> requests.Response:
@@ -171,13 +171,13 @@ def test_check_config_reads_shin_gateway_config(tmp_path):
 
 # --- the raw gunicorn form with a bad config -------------------------------------------------------
 
-def run_raw_gunicorn(tmp_path, config_text: str) -> tuple[int, str]:
+def run_raw_gunicorn(tmp_path, config_text: str, host: str = "127.0.0.1", env: dict | None = None) -> tuple[int, str]:
     """`gunicorn -c config/gunicorn.conf.py wsgi:app` on a config; it must exit by itself."""
     path = write(tmp_path, config_text)
     proc = subprocess.Popen(
         [sys.executable, "-m", "gunicorn", "-c", "config/gunicorn.conf.py",
-         "--bind", f"127.0.0.1:{free_port()}", "--workers", "1", "wsgi:app"],
-        cwd=ROOT, env=clean_env(SHIN_GATEWAY_CONFIG=str(path)), stdout=subprocess.PIPE,
+         "--bind", f"{host}:{free_port()}", "--workers", "1", "wsgi:app"],
+        cwd=ROOT, env=clean_env(SHIN_GATEWAY_CONFIG=str(path), **(env or {})), stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
         output, _ = proc.communicate(timeout=15)
@@ -209,13 +209,13 @@ def test_raw_gunicorn_refuses_what_check_config_refuses_with_the_message(tmp_pat
 class CliGateway:
     """`shin-gateway --config … --port …` as a subprocess (it execs into the gunicorn master)."""
 
-    def __init__(self, tmp_path: Path, config: Path, env: dict):
+    def __init__(self, tmp_path: Path, config: Path, env: dict, args: tuple = ()):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = tmp_path / f"cli-{self.port}.log"
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
-            [SHIN_GATEWAY, "--config", str(config), "--port", str(self.port)],
+            [SHIN_GATEWAY, "--config", str(config), "--port", str(self.port), *args],
             cwd=tmp_path, env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
 
     def logs(self) -> str:
@@ -253,8 +253,9 @@ class CliGateway:
 def run_cli(tmp_path):
     started = []
 
-    def run(config_text: str, env: dict | None = None) -> CliGateway:
-        gateway = CliGateway(tmp_path, write(tmp_path, config_text, f"cli-{len(started)}.yaml"), clean_env(**(env or {})))
+    def run(config_text: str, env: dict | None = None, args: tuple = ()) -> CliGateway:
+        gateway = CliGateway(tmp_path, write(tmp_path, config_text, f"cli-{len(started)}.yaml"),
+                             clean_env(**(env or {})), args)
         started.append(gateway)
         return gateway
 
@@ -277,10 +278,78 @@ def test_cli_serves_liveliness_within_5_seconds(run_cli):
     assert response.json() == {"status": "alive"}
 
 
-def test_cli_without_a_master_key_binds_loopback_only(run_cli):
-    gateway = run_cli(GOOD + "general_settings:\n  master_key: os.environ/LITELLM_MASTER_KEY\n")
+def test_cli_without_a_master_key_binds_loopback_only_and_warns(run_cli):
+    gateway = run_cli(GOOD)
     assert poll(gateway.alive, timeout=10), gateway.logs()
     assert listening_address(gateway) == f"127.0.0.1:{gateway.port}", gateway.logs()
+    assert "serving without authentication" in gateway.logs()
+    # no CORS for a keyless gateway unless the config asks for it: no page in a browser may call it
+    answer = get(f"{gateway.url}/v1/models", headers={"Origin": "https://evil.example"})
+    assert answer.status_code == 200 and "Access-Control-Allow-Origin" not in answer.headers
+
+
+# --- keyless by accident: a master key the environment lacks never means "no key" ---------------
+
+KEYED = GOOD + "general_settings:\n  master_key: os.environ/LITELLM_MASTER_KEY\n"
+
+
+@pytest.mark.parametrize("env", [{}, {"LITELLM_MASTER_KEY": ""}], ids=["unset", "empty"])
+def test_cli_refuses_to_start_when_the_master_key_variable_is_unset_or_empty(run_cli, env):
+    gateway = run_cli(KEYED, env=env)
+    try:
+        gateway.proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the gateway started without the master key its config names:\n" + gateway.logs())
+    assert gateway.proc.returncode != 0
+    logs = gateway.logs()
+    assert "general_settings.master_key: environment variable LITELLM_MASTER_KEY is not set" in logs, logs
+    assert "Booting worker" not in logs and "Traceback" not in logs
+    assert not gateway.alive()
+
+
+@pytest.mark.parametrize("env", [{}, {"LITELLM_MASTER_KEY": ""}], ids=["unset", "empty"])
+def test_check_config_fails_when_the_master_key_variable_is_unset_or_empty(tmp_path, env):
+    result = check_config(write(tmp_path, KEYED), env=env)
+    assert result.returncode == 1, result
+    assert "environment variable LITELLM_MASTER_KEY is not set or empty" in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+
+
+@pytest.mark.parametrize("env", [{}, {"LITELLM_MASTER_KEY": ""}], ids=["unset", "empty"])
+def test_raw_gunicorn_refuses_to_start_when_the_master_key_variable_is_unset_or_empty(tmp_path, env):
+    returncode, output = run_raw_gunicorn(tmp_path, KEYED, env=env)
+    assert returncode != 0
+    assert "environment variable LITELLM_MASTER_KEY is not set or empty" in output, output
+    assert "Booting worker" not in output
+
+
+def test_check_config_names_the_variable_never_a_value(tmp_path):
+    text = KEYED.replace("master_key: os.environ/LITELLM_MASTER_KEY",
+                         "master_key: os.environ/LITELLM_MASTER_KEY\n  metrics_token: os.environ/GW_METRICS")
+    result = check_config(write(tmp_path, text), env={"LITELLM_MASTER_KEY": "sk-secret-value-0123"})
+    assert result.returncode == 1
+    assert "GW_METRICS" in result.stderr and "sk-secret-value-0123" not in result.stderr + result.stdout
+
+
+def test_check_config_require_master_key(tmp_path):
+    """What the systemd unit runs before starting: a config without a master key is refused there."""
+    refused = check_config(write(tmp_path, GOOD), "--require-master-key")
+    assert refused.returncode == 1 and "master_key is not set" in refused.stderr
+    accepted = check_config(write(tmp_path, KEYED), "--require-master-key",
+                            env={"LITELLM_MASTER_KEY": "sk-cli-master-0123456789"})
+    assert accepted.returncode == 0, accepted.stderr
+
+
+def test_a_keyless_gateway_refuses_a_non_loopback_bind(run_cli, tmp_path):
+    gateway = run_cli(GOOD, args=("--host", "0.0.0.0"))
+    try:
+        gateway.proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        pytest.fail("a keyless gateway served on every interface:\n" + gateway.logs())
+    assert gateway.proc.returncode != 0
+    assert "refusing to serve without a master_key on 0.0.0.0" in gateway.logs()
+    returncode, output = run_raw_gunicorn(tmp_path, GOOD, host="0.0.0.0")
+    assert returncode != 0 and "refusing to serve without a master_key" in output, output
 
 
 def test_cli_with_a_master_key_binds_every_interface(run_cli):

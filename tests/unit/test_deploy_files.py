@@ -84,19 +84,37 @@ def test_unit_runs_gunicorn_from_the_install_dir_as_its_own_user(unit):
     assert single(unit, "Service", "User") == "shin-gateway"
     assert single(unit, "Service", "Group") == "shin-gateway"
     assert environment(unit)["SHIN_GATEWAY_CONFIG"] == "/etc/shin-gateway/config.yaml"
-    assert single(unit, "Service", "EnvironmentFile") == "-/etc/shin-gateway/shin-gateway.env"
+    assert single(unit, "Service", "EnvironmentFile") == "/etc/shin-gateway/shin-gateway.env"
     assert single(unit, "Install", "WantedBy") == "multi-user.target"
     assert "network-online.target" in values(unit, "Unit", "After")
     # gunicorn's arbiter sends READY=1 (gunicorn/systemd.py), so `systemctl start` waits for the bind.
     assert single(unit, "Service", "Type") == "notify"
 
 
+UNIT_CHECK = f"{INSTALL_DIR}/.venv/bin/shin-gateway check-config --config ${{SHIN_GATEWAY_CONFIG}} --require-master-key"
+
+
 def test_unit_reload_is_sighup_to_gunicorn_after_a_config_check(unit):
     reload_commands = values(unit, "Service", "ExecReload")
     assert reload_commands[-1] == "/bin/kill -HUP $MAINPID"
-    check = f"{INSTALL_DIR}/.venv/bin/shin-gateway check-config --config ${{SHIN_GATEWAY_CONFIG}}"
-    assert reload_commands[:-1] == [check]
-    assert values(unit, "Service", "ExecStartPre") == [check]
+    assert reload_commands[:-1] == [UNIT_CHECK]
+    assert values(unit, "Service", "ExecStartPre") == [UNIT_CHECK]
+
+
+# --- keyless by accident: the unit must not come up without a master key ----------------------
+
+def test_unit_requires_its_env_file(unit):
+    # "-/etc/…" would start the service without its keys when the file is missing.
+    env_file = single(unit, "Service", "EnvironmentFile")
+    assert not env_file.startswith("-"), env_file
+    assert env_file == "/etc/shin-gateway/shin-gateway.env"
+
+
+def test_unit_start_and_reload_checks_demand_a_master_key(unit):
+    checks = values(unit, "Service", "ExecStartPre") + values(unit, "Service", "ExecReload")[:-1]
+    assert checks and all("check-config" in c.split() and "--require-master-key" in c.split() for c in checks)
+    # Not skippable: "-" would ignore a failed check, "+"/"!" would run it with other credentials.
+    assert all(c.startswith(f"{INSTALL_DIR}/") for c in checks), checks
 
 
 def test_unit_stops_gracefully_and_restarts_on_failure(unit):
@@ -239,13 +257,56 @@ def check_config_argv(unit, config: Path) -> list[str]:
     return command.split()
 
 
-def test_start_and_reload_check_passes_on_the_shipped_config(unit):
-    argv = check_config_argv(unit, REPO / "config" / "config.yaml")
+def run_unit_check(unit, config: Path, **variables: str) -> subprocess.CompletedProcess:
+    """The unit's ExecStartPre on `config`, with LITELLM_MASTER_KEY only if given in `variables`."""
+    argv = check_config_argv(unit, config)
     if not Path(argv[0]).exists():
         pytest.skip("shin-gateway is not installed in this venv (tests/run installs it)")
-    done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=60,
-                          env={**os.environ, "SHIN_GATEWAY_CONFIG": ""})
+    env = {k: v for k, v in os.environ.items() if k != "LITELLM_MASTER_KEY" and not k.startswith("SHIN_GATEWAY_")}
+    return subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=60, env={**env, **variables})
+
+
+def production_config(tmp_path: Path) -> Path:
+    """The shipped config after the guide's `sed -i … /etc/shin-gateway/config.yaml` commands (step 4)."""
+    guide = (DOCS / "deployment.md").read_text(encoding="utf-8")
+    commands = re.findall(r"^sed -i .* /etc/shin-gateway/config\.yaml$", guide, re.M)
+    assert len(commands) >= 2, "the guide should point the database and the master key"
+    config = tmp_path / "config.yaml"
+    shutil.copy(REPO / "config" / "config.yaml", config)
+    for command in commands:
+        subprocess.run(["bash", "-c", command.replace("/etc/shin-gateway/config.yaml", str(config))],
+                       check=True, timeout=30)
+    return config
+
+
+MASTER = "sk-unit-check-0123456789"
+
+
+def test_unit_check_passes_on_the_guides_production_config_with_the_key_set(unit, tmp_path):
+    done = run_unit_check(unit, production_config(tmp_path), LITELLM_MASTER_KEY=MASTER)
     assert done.returncode == 0, done.stdout + done.stderr
+    assert MASTER not in done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("variables", [{}, {"LITELLM_MASTER_KEY": ""}], ids=["unset", "empty"])
+def test_unit_check_refuses_the_production_config_without_its_key(unit, tmp_path, variables):
+    # An env file that lacks the line (or has LITELLM_MASTER_KEY=) must not give an open gateway.
+    done = run_unit_check(unit, production_config(tmp_path), **variables)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "LITELLM_MASTER_KEY" in done.stderr
+    assert "not set or empty" in done.stderr
+
+
+def test_unit_check_refuses_a_config_without_a_master_key(unit, tmp_path):
+    # Such a config serves without auth on loopback (local use); the unit must never run it.
+    keyless = tmp_path / "config.yaml"
+    keyless.write_text("model_list:\n  - {model_name: mock, litellm_params: {model: mock/shin-mock}}\n")
+    done = run_unit_check(unit, keyless, LITELLM_MASTER_KEY=MASTER)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "master_key" in done.stderr
+    # Without the flag the same config is valid: it is the unit that demands a key.
+    argv = [a for a in check_config_argv(unit, keyless) if a != "--require-master-key"]
+    assert subprocess.run(argv, cwd=REPO, capture_output=True, timeout=60).returncode == 0
 
 
 def test_start_and_reload_check_refuses_a_broken_config(unit, tmp_path):
@@ -813,18 +874,31 @@ def test_configuration_reference_example_is_a_valid_config(tmp_path):
     example = re.search(r"```yaml\n(.*?)```", (DOCS / "configuration.md").read_text(encoding="utf-8"), re.S)
     config = tmp_path / "config.yaml"
     config.write_text(example.group(1))
-    settings = load_settings(config, providers=ADAPTERS, environ={})
+    # The keys it names that fail closed (master_key, metrics_token) must be set; model keys need not.
+    text = example.group(1)
+    environ = {name: "set-for-the-test" for key in ("master_key", "metrics_token")
+               for name in re.findall(rf"^\s*{key}: os\.environ/(\w+)", text, re.M)}
+    settings = load_settings(config, providers=ADAPTERS, environ=environ)
     assert settings.model_names == ("shin-llama-3-1-70b", "shin-llama-3-1-8b")
     assert settings.database_url == f"sqlite:///{tmp_path.resolve() / 'gateway.db'}"   # relative to the config's folder
 
 
 def test_deployment_guide_puts_the_database_where_the_sandbox_lets_it_write(tmp_path):
     # The unit makes everything but /var/lib/shin-gateway read-only; the guide's sed must get it there.
-    command = re.search(r"^sed -i '(s\|[^']+)' /etc/shin-gateway/config.yaml$",
-                        (DOCS / "deployment.md").read_text(encoding="utf-8"), re.M)
-    config = tmp_path / "config.yaml"
-    shutil.copy(REPO / "config" / "config.yaml", config)
-    subprocess.run(["sed", "-i", command.group(1), str(config)], check=True)
     from gateway.settings import load_settings
 
-    assert load_settings(config, environ={}).database_url == "sqlite:////var/lib/shin-gateway/gateway.db"
+    settings = load_settings(production_config(tmp_path), environ={"LITELLM_MASTER_KEY": MASTER})
+    assert settings.database_url == "sqlite:////var/lib/shin-gateway/gateway.db"
+    assert settings.master_key == MASTER
+
+
+def test_deployment_guide_shows_the_production_general_settings(tmp_path):
+    guide = (DOCS / "deployment.md").read_text(encoding="utf-8")
+    shown = re.search(r"```yaml\n(general_settings:\n.*?)```", guide, re.S)
+    assert shown, "the guide should show the production general_settings block"
+    assert "  master_key: os.environ/LITELLM_MASTER_KEY" in shown.group(1)
+    produced = production_config(tmp_path).read_text(encoding="utf-8")
+    for line in shown.group(1).splitlines():
+        setting = line.split("#", 1)[0].rstrip()
+        if setting and "…" not in setting:
+            assert re.search(rf"^{re.escape(setting)}\s*(#.*)?$", produced, re.M), (setting, produced)

@@ -12,8 +12,7 @@ from gateway.errors import (BadUpstreamResponse, ContextLengthExceeded, GatewayE
 from gateway.routing import Router
 from gateway.routing.policy import BACKOFF_CAP, RETRY_AFTER_CAP, backoff
 from gateway.routing.selection import simple_shuffle
-from gateway.settings import RouterSettings
-from gateway.types import Deployment
+from gateway.types import Deployment, RouterSettings
 
 
 def deployment(id: str, group: str = "g", **kw) -> Deployment:
@@ -28,7 +27,7 @@ class Upstreams:
         self.default = default
         self.calls: list[str] = []
 
-    def __call__(self, d: Deployment):
+    def __call__(self, d: Deployment, deadline: float | None = None):
         self.calls.append(d.id)
         queue = self.script.get(d.id)
         outcome = queue.pop(0) if queue else self.default

@@ -116,7 +116,11 @@ def test_full_contract_example_loads(load, tmp_path):
     assert settings.background_health_checks is True and settings.health_check_interval == 120
     assert settings.database_url == f"sqlite:///{(tmp_path / 'gateway.db').resolve()}"
     assert {"sk-upstream-aaaa", "sk-master-bbbb", "metrics-cccc"} <= set(settings.secrets)
-    assert settings.warnings == ()
+    (warning,) = settings.warnings     # said at start, never accepted silently
+    assert warning.startswith("accepted but not acted on in this release: ")
+    for key in ("model_list.rpm", "model_list.tpm", "router_settings.allowed_fails", "router_settings.cooldown_time",
+                "litellm_settings.drop_params", "general_settings.metrics_token"):
+        assert key in warning
 
 
 def test_secrets_never_appear_in_repr(load):
@@ -138,8 +142,16 @@ def test_defaults(load, tmp_path):
     assert settings.drop_params is False
     assert settings.master_key is None and settings.redis_url is None and settings.metrics_token is None
     assert settings.max_request_body_bytes == 10 * 1024 * 1024
-    assert settings.cors_allow_origins == ("*",)
+    assert settings.cors_allow_origins == ()      # no master key: no CORS unless configured
     assert settings.database_url == f"sqlite:///{(tmp_path / 'gateway.db').resolve()}"
+    assert settings.warnings == ()
+
+
+def test_cors_defaults_to_any_origin_only_with_a_master_key(load):
+    keyed = load(MINIMAL + "general_settings:\n  master_key: sk-local-key\n")
+    assert keyed.cors_allow_origins == ("*",)
+    open_but_configured = load(MINIMAL + "general_settings:\n  cors_allow_origins: ['http://localhost:3000']\n")
+    assert open_but_configured.cors_allow_origins == ("http://localhost:3000",)
 
 
 def test_empty_file_is_an_empty_config(load):
@@ -151,12 +163,16 @@ def test_the_shipped_config_loads_without_any_environment():
     settings = load_settings(ROOT / "config" / "config.yaml", providers=ADAPTERS, environ={})
     assert "mock" in settings.model_names
     assert settings.master_key is None
+    assert settings.cors_allow_origins == ()
     assert any("TOGETHER_API_KEY" in warning for warning in settings.warnings)
+    together = [d for d in settings.deployments if d.model_name == "shin-llama-3-1-70b"]
+    assert together and together[0].unset_env == ("TOGETHER_API_KEY",)
 
 
 def test_stable_ids_are_the_same_on_every_load(load):
-    first = [d.id for d in load(FULL).deployments]
-    assert first == [d.id for d in load(FULL).deployments]
+    env = {"LITELLM_MASTER_KEY": "sk-master-bbbb", "METRICS_TOKEN": "metrics-cccc"}
+    first = [d.id for d in load(FULL, env).deployments]
+    assert first == [d.id for d in load(FULL, env).deployments]
     assert len(set(first)) == 3
 
 
@@ -184,29 +200,43 @@ def test_environment_references_are_resolved(load):
     assert settings.warnings == ()
 
 
-def test_unset_environment_variables_become_none_with_a_warning(load):
-    settings = load(ENV_CONFIG, {"UPSTREAM_BASE": "http://127.0.0.1:9/v1"})
+@pytest.mark.parametrize("upstream_key", [None, ""])
+def test_an_unset_or_empty_upstream_key_marks_the_deployment_keyless_with_a_warning(load, upstream_key):
+    env = {"UPSTREAM_BASE": "http://127.0.0.1:9/v1", "LITELLM_MASTER_KEY": "sk-master"}
+    if upstream_key is not None:
+        env["UPSTREAM_KEY"] = upstream_key
+    settings = load(ENV_CONFIG, env)
     (deployment,) = settings.deployments
     assert deployment.api_key is None
-    assert settings.master_key is None
+    assert deployment.unset_env == ("UPSTREAM_KEY",)
+    assert settings.master_key == "sk-master"
     assert any("UPSTREAM_KEY" in w for w in settings.warnings)
-    assert any("LITELLM_MASTER_KEY" in w for w in settings.warnings)
 
 
-def test_empty_master_key_variable_means_no_master_key(load):
-    settings = load(ENV_CONFIG, {"UPSTREAM_BASE": "http://127.0.0.1:9/v1", "LITELLM_MASTER_KEY": ""})
-    assert settings.master_key is None
+@pytest.mark.parametrize("key", ["master_key", "metrics_token"])
+@pytest.mark.parametrize("value", [None, ""])
+def test_an_unset_or_empty_master_key_or_metrics_token_variable_refuses_to_load(load, key, value):
+    """Fail closed: a key the config names but the environment lacks must never mean "no key"."""
+    text = MINIMAL + f"general_settings:\n  {key}: os.environ/GW_SECRET_VAR\n"
+    env = {} if value is None else {"GW_SECRET_VAR": value}
+    message = config_error(load, text, env)
+    assert f"line {line_of(text, key)}: general_settings.{key}: environment variable GW_SECRET_VAR is not set" \
+        in message
+
+
+def test_a_config_without_any_master_key_loads_keyless(load):
+    assert load(MINIMAL).master_key is None
 
 
 def test_environment_value_is_validated_like_a_literal(load):
-    message = config_error(load, ENV_CONFIG, {"UPSTREAM_BASE": "not a url"})
+    message = config_error(load, ENV_CONFIG, {"UPSTREAM_BASE": "not a url", "LITELLM_MASTER_KEY": "sk-master"})
     assert "model_list.0.litellm_params.api_base" in message
     assert f"line {line_of(ENV_CONFIG, 'api_base:')}" in message
 
 
 def test_the_process_environment_is_not_read_when_an_environ_is_given(load, monkeypatch):
     monkeypatch.setenv("UPSTREAM_KEY", "leaked-from-process-env")
-    settings = load(ENV_CONFIG, {"UPSTREAM_BASE": "http://127.0.0.1:9/v1"})
+    settings = load(ENV_CONFIG, {"UPSTREAM_BASE": "http://127.0.0.1:9/v1", "LITELLM_MASTER_KEY": "sk-master"})
     assert settings.deployments[0].api_key is None
 
 
