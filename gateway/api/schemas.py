@@ -11,7 +11,18 @@ import re
 
 from marshmallow import INCLUDE, Schema, ValidationError, fields, validate, validates_schema
 
+from .cooperative import Pacer
+
 ROLES = ("system", "developer", "user", "assistant", "tool", "function")
+
+# Caps no legitimate client reaches, but that bound the work one request can cause.
+MAX_MESSAGES = 10_000
+MAX_CONTENT_PARTS = 500
+MAX_TOOLS = 512
+MAX_STOP = 64
+MAX_LOGIT_BIAS = 1024
+MAX_INPUTS = 2048         # embeddings `input` and completions `prompt` arrays (OpenAI's own limit)
+MAX_DIMENSIONS = 16_384
 TOOL_CHOICE_MODES = ("none", "auto", "required")
 _FUNCTION_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 
@@ -57,9 +68,41 @@ class OneOrManyStrings(fields.Field):
     """`stop`: a string or a list of strings."""
 
     def _deserialize(self, value, attr, data, **kwargs):
+        if isinstance(value, list) and len(value) > MAX_STOP:
+            raise ValidationError(f"must have at most {MAX_STOP} strings.")
         if isinstance(value, str) or (isinstance(value, list) and all(isinstance(v, str) for v in value)):
             return value
         raise ValidationError("must be a string or an array of strings.")
+
+
+class CooperativeList(fields.List):
+    """A list of at most `max_items`, validated item by item with a turn for the event loop now and then."""
+
+    def __init__(self, inner, *, max_items: int, min_items: int = 0, **kwargs):
+        super().__init__(inner, **kwargs)
+        self.max_items = max_items
+        self.min_items = min_items
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if not isinstance(value, list):
+            raise ValidationError("must be an array.")
+        if len(value) > self.max_items:
+            raise ValidationError(f"must have at most {self.max_items} items.")
+        if len(value) < self.min_items:
+            raise ValidationError("must contain at least one message." if self.min_items == 1
+                                  else f"must have at least {self.min_items} items.")
+        pacer = Pacer()
+        errors = {}
+        for index, item in enumerate(value):
+            try:
+                self.inner.deserialize(item, **kwargs)
+            except ValidationError as error:
+                errors[index] = error.messages
+                break  # the first failing item is the one reported
+            pacer.tick(64)
+        if errors:
+            raise ValidationError(errors)
+        return value
 
 
 def _range(low, high):
@@ -106,6 +149,8 @@ class MessageContent(fields.Field):
         if isinstance(value, list):
             if not value:
                 raise ValidationError("must not be an empty array.")
+            if len(value) > MAX_CONTENT_PARTS:
+                raise ValidationError(f"must have at most {MAX_CONTENT_PARTS} content parts.")
             errors = {}
             for index, part in enumerate(value):
                 if not isinstance(part, dict):
@@ -230,6 +275,8 @@ class LogitBias(fields.Field):
     def _deserialize(self, value, attr, data, **kwargs):
         if not isinstance(value, dict):
             raise ValidationError("must be an object mapping token ids to numbers.")
+        if len(value) > MAX_LOGIT_BIAS:
+            raise ValidationError(f"must have at most {MAX_LOGIT_BIAS} entries.")
         for key, bias in value.items():
             if isinstance(bias, bool) or not isinstance(bias, (int, float)) or not -100 <= bias <= 100:
                 raise ValidationError(f"value for token {key} must be a number between -100 and 100.")
@@ -266,9 +313,9 @@ class _SamplingSchema(_ModelCallSchema):
 
 
 class ChatCompletionSchema(_SamplingSchema):
-    messages = fields.List(fields.Nested(MessageSchema), required=True,
-                           validate=validate.Length(min=1, error="must contain at least one message."))
-    tools = fields.List(fields.Nested(ToolSchema), allow_none=True)
+    messages = CooperativeList(fields.Nested(MessageSchema), required=True, min_items=1, max_items=MAX_MESSAGES)
+    tools = CooperativeList(fields.Nested(ToolSchema), allow_none=True, max_items=MAX_TOOLS)
+    functions = CooperativeList(StrictDict(), allow_none=True, max_items=MAX_TOOLS)
     tool_choice = ToolChoice(allow_none=True)
     parallel_tool_calls = StrictBool(allow_none=True)
     response_format = fields.Nested(ResponseFormatSchema, allow_none=True)
@@ -292,6 +339,8 @@ class Prompt(fields.Field):
     def _deserialize(self, value, attr, data, **kwargs):
         if isinstance(value, str):
             return value
+        if isinstance(value, list) and len(value) > MAX_INPUTS:
+            raise ValidationError(f"must have at most {MAX_INPUTS} items.")
         if isinstance(value, list) and value and (
                 all(isinstance(v, str) for v in value)
                 or all(_is_int(v) for v in value)
@@ -315,7 +364,7 @@ class CompletionSchema(_SamplingSchema):
 class EmbeddingSchema(_ModelCallSchema):
     input = Prompt(required=True)
     encoding_format = StrictString(validate=validate.OneOf(("float", "base64")))
-    dimensions = StrictInt(validate=_at_least(1))
+    dimensions = StrictInt(validate=_range(1, MAX_DIMENSIONS))
 
 
 _PART_SCHEMA = ContentPartSchema()

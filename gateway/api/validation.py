@@ -1,8 +1,9 @@
 """Validate at the edge, by decorator, then pass a typed ModelRequest inward.
 
 Order of checks: media type, size (Flask's MAX_CONTENT_LENGTH), JSON, object,
-credential and URL fields a client must never set, then the marshmallow schema.
-The first failing field path becomes OpenAI's `param`.
+screening (fields a client must never set, at any depth; nesting depth), then
+the marshmallow schema. The first failing field path becomes OpenAI's `param`.
+Large bodies are walked in slices that give the event loop a turn (cooperative.py).
 """
 from __future__ import annotations
 
@@ -12,18 +13,10 @@ import orjson
 from flask import current_app, g, request
 from marshmallow import Schema
 
-from ..errors import ForbiddenParameter, InvalidRequest, RequestTooLarge, UnsupportedMediaType
+from ..errors import InvalidRequest, RequestTooLarge, UnsupportedMediaType
 from ..types import ModelRequest
-
-# Fields that would let a client choose the upstream URL, credentials or headers.
-FORBIDDEN_FIELDS = frozenset({
-    "api_base", "base_url", "api_url", "api_key", "api_version", "azure_ad_token", "azure_ad_token_provider",
-    "azure_api_key", "azure_endpoint", "azure_deployment", "vertex_credentials", "vertex_project",
-    "vertex_location", "client_id", "client_secret", "tenant_id", "extra_headers", "headers",
-    "proxy", "proxies", "custom_llm_provider", "litellm_params", "organization", "user_api_key",
-    "aws_access_key_id", "aws_secret_access_key", "aws_session_token", "aws_region_name",
-    "aws_profile_name", "aws_role_name", "aws_web_identity_token", "aws_bedrock_runtime_endpoint",
-})
+from .cooperative import Pacer
+from .screening import screen
 
 
 def validated(schema: Schema, endpoint: str):
@@ -35,7 +28,7 @@ def validated(schema: Schema, endpoint: str):
         @wraps(view)
         def wrapper(*args, **kwargs):
             body = read_json_object()
-            _reject_forbidden(body)
+            screen(body, Pacer())
             errors = schema.validate(body)
             if errors:
                 raise _schema_error(errors)
@@ -70,14 +63,6 @@ def read_json_object() -> dict:
     if not isinstance(body, dict):
         raise InvalidRequest("The request body must be a JSON object.")
     return body
-
-
-def _reject_forbidden(body: dict) -> None:
-    for key in body:
-        if key in FORBIDDEN_FIELDS or key.startswith("aws_"):
-            raise ForbiddenParameter(
-                f"'{key}' is not allowed in a request: upstream URLs and credentials come only "
-                f"from the gateway's config.", param=key)
 
 
 def _schema_error(errors: dict) -> InvalidRequest:

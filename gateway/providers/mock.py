@@ -23,7 +23,7 @@ class MockAdapter:
     def __init__(self, deployments: list[Deployment], **_):
         pass
 
-    def complete(self, deployment: Deployment, request: ModelRequest) -> Completion:
+    def complete(self, deployment: Deployment, request: ModelRequest, deadline: float | None = None) -> Completion:
         if request.endpoint == "embeddings":
             return _embeddings(request)
         text = answer_text(request)
@@ -42,7 +42,7 @@ class MockAdapter:
                          "total_tokens": usage.total_tokens}
         return Completion(body, usage)
 
-    def stream(self, deployment: Deployment, request: ModelRequest) -> PrimedStream:
+    def stream(self, deployment: Deployment, request: ModelRequest, deadline: float | None = None) -> PrimedStream:
         return PrimedStream(_chunks(request), lambda: None).prime()
 
     def close(self) -> None:
@@ -130,6 +130,7 @@ def _embeddings(request: ModelRequest) -> Completion:
     for index, item in enumerate(inputs):
         text = item if isinstance(item, str) else " ".join(map(str, item))
         tokens += _count_tokens(text)
+        time.sleep(0)  # under gevent, a turn for the worker's other requests between inputs
         vector = _vector(text, dimensions)
         embedding = base64.b64encode(struct.pack(f"<{dimensions}f", *vector)).decode() if as_base64 else vector
         data.append({"object": "embedding", "index": index, "embedding": embedding})

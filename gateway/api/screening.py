@@ -1,0 +1,91 @@
+"""Screen a parsed request body before validation: forbidden fields at any depth, nesting depth.
+
+A client must never choose an upstream URL, credential, header or router
+setting: such a key is refused wherever it stands (top level, `extra_body`,
+`metadata`, inside a message…), in any letter case, with `-` read as `_`,
+because some upstream or chained proxy may read it there. The exceptions are
+JSON Schema documents (tool parameters, response formats), whose property
+names are data for the model, not settings for anyone.
+
+The walk is iterative (no recursion limit to hit) and yields to the event loop
+on large bodies, so one big request never stalls a worker's other requests.
+"""
+from __future__ import annotations
+
+from ..errors import ForbiddenParameter, InvalidRequest
+from .cooperative import Pacer
+
+MAX_DEPTH = 64   # arrays and objects; real requests (JSON Schemas included) stay far below
+
+FORBIDDEN_KEYS = frozenset({
+    # where the call goes, with which credentials and headers
+    "api_base", "base_url", "api_url", "endpoint", "endpoint_url", "api_key", "apikey", "api_version",
+    "x_api_key", "authorization", "client_id", "client_secret", "tenant_id", "extra_headers", "headers",
+    "default_headers", "proxy", "proxies", "http_proxy", "https_proxy", "custom_llm_provider",
+    "organization", "region_name", "deployment_id",
+    # the peer's routing and pricing fields, which a LiteLLM proxy reads from a request
+    "user_config", "router_settings_override", "router_settings", "litellm_settings", "general_settings",
+    "model_list", "fallbacks", "context_window_fallbacks", "content_policy_fallbacks", "num_retries",
+    "max_retries", "retry_policy", "cooldown_time", "allowed_fails", "input_cost_per_token",
+    "output_cost_per_token", "mock_response",
+})
+FORBIDDEN_PREFIXES = ("aws_", "azure_", "vertex_", "litellm_", "user_api_key")
+
+# JSON Schema documents: keys below these paths are property names chosen by the client's app.
+_SCHEMA_TOP_LEVEL = frozenset({"guided_json", "structured_outputs"})
+
+
+def screen(body: dict, pacer: Pacer) -> None:
+    """Raise a 400 for a forbidden key or too deep nesting; return None for a clean body."""
+    stack: list[tuple[object, tuple, int, bool]] = [(body, (), 1, False)]
+    while stack:
+        value, path, depth, exempt = stack.pop()
+        if depth > MAX_DEPTH:
+            raise InvalidRequest(f"The request body is nested more than {MAX_DEPTH} levels deep.",
+                                 param=_dotted(path[:MAX_DEPTH]), code="nesting_too_deep")
+        pacer.tick(len(value))
+        if isinstance(value, dict):
+            for key, child in value.items():
+                if not exempt:
+                    _check_key(key, path)
+                if type(child) in _CONTAINERS:
+                    child_path = path + (key,)
+                    stack.append((child, child_path, depth + 1, exempt or _is_schema(child_path)))
+        else:
+            for index, child in enumerate(value):
+                if type(child) in _CONTAINERS:
+                    stack.append((child, path + (index,), depth + 1, exempt))
+
+
+_CONTAINERS = (dict, list)
+
+
+def _check_key(key: str, path: tuple) -> None:
+    name = key.lower()
+    if "-" in name:
+        name = name.replace("-", "_")
+    if name in FORBIDDEN_KEYS or name.startswith(FORBIDDEN_PREFIXES):
+        where = _dotted(path + (key,))
+        raise ForbiddenParameter(
+            f"'{where}' is not allowed in a request: upstream URLs, credentials, headers and routing "
+            f"come only from the gateway's config.", param=where)
+
+
+def _is_schema(path: tuple) -> bool:
+    """tools[i].function.parameters, functions[i].parameters, response_format.json_schema.schema, …"""
+    last = path[-1]
+    if len(path) == 1:
+        return last in _SCHEMA_TOP_LEVEL
+    if last == "parameters":
+        return (len(path) == 4 and path[0] == "tools" and path[2] == "function") or (
+            len(path) == 3 and path[0] == "functions")
+    if last == "schema":
+        return path[:2] == ("response_format", "json_schema") and len(path) == 3
+    return False
+
+
+def _dotted(path: tuple) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
