@@ -12,7 +12,7 @@ from typing import Iterable
 _PATTERNS = (
     (re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]{4,}"), r"\1 ***"),
     (re.compile(r"\bsk-[A-Za-z0-9_-]{6,}"), "sk-***"),
-    (re.compile(r"(?i)\b(api[-_]?key|x-api-key|key|token|secret|password)([\"']?\s*[:=]\s*[\"']?)[^\s\"'&,}]{4,}"),
+    (re.compile(r"(?i)\b(api[-_]?key|x-api-key|key|token|secret|password)([\"']?\s*[:=]\s*[\"']?)[^\s\"'&,})\]]{4,}"),
      r"\1\2***"),
     (re.compile(r"(?i)(\w+://)[^/\s:@]+:[^/\s@]+@"), r"\1***@"),
 )

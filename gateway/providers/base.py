@@ -5,9 +5,15 @@ never retries, never picks deployments and never touches Flask.
 """
 from __future__ import annotations
 
-from typing import Callable, Iterator, Protocol
+from typing import Callable, Iterator, Mapping, Protocol
 
+from ..errors import BadUpstreamResponse
 from ..types import Completion, Deployment, ModelRequest, Usage
+
+# Events held back before the first content-bearing one (role announcements,
+# empty deltas): more than this is an upstream that will never say anything.
+MAX_HEAD_EVENTS = 256
+MAX_HEAD_BYTES = 1 << 20
 
 # What an adapter's chunk source yields: SSE bytes ready for the client (one or
 # more whole `data: …\n\n` events), and the parsed chunk the gateway inspects
@@ -16,13 +22,39 @@ Chunk = tuple[bytes, dict | None]
 
 
 class Provider(Protocol):
-    def complete(self, deployment: Deployment, request: ModelRequest) -> Completion:
+    """What every adapter in ADAPTERS implements; `deadline` is a time.monotonic() value not to run past."""
+
+    def complete(self, deployment: Deployment, request: ModelRequest, deadline: float | None = None) -> Completion:
         """A whole answer (chat, legacy completion or embeddings, per request.endpoint)."""
 
-    def stream(self, deployment: Deployment, request: ModelRequest) -> "PrimedStream":
-        """A started stream, primed (see PrimedStream.prime)."""
+    def stream(self, deployment: Deployment, request: ModelRequest,
+               deadline: float | None = None) -> "PrimedStream":
+        """A started stream, primed (see PrimedStream.prime) before the deadline."""
 
     def close(self) -> None: ...
+
+
+def clean_usage(usage):
+    """`usage` as OpenAI's schema has it: the same object when it already is, else a fixed copy.
+
+    Token counts of the wrong type (strings, floats, negatives, nulls) become
+    the counts Usage reads; a `usage` that is not an object is None (dropped).
+    Clients validate answers against the schema, so a bad count must not reach them.
+    """
+    if not isinstance(usage, Mapping):
+        return None
+    if all(_is_count(usage.get(key, 0)) for key in _COUNTS):
+        return usage
+    counts = Usage.from_openai(usage)
+    return {**usage, "prompt_tokens": counts.prompt_tokens, "completion_tokens": counts.completion_tokens,
+            "total_tokens": counts.total_tokens}
+
+
+_COUNTS = ("prompt_tokens", "completion_tokens", "total_tokens")
+
+
+def _is_count(value) -> bool:
+    return type(value) is int and 0 <= value < 2 ** 53
 
 
 def carries_content(chunk: dict) -> bool:
@@ -30,10 +62,12 @@ def carries_content(chunk: dict) -> bool:
     if chunk.get("usage"):
         return True
     for choice in chunk.get("choices") or ():
+        if not isinstance(choice, dict):
+            continue
         if choice.get("finish_reason") or choice.get("text"):
             return True
         delta = choice.get("delta")
-        if delta:
+        if isinstance(delta, dict):
             for key, value in delta.items():
                 if value and key != "role":
                     return True
@@ -57,12 +91,17 @@ class PrimedStream:
         self._closed = False
 
     def prime(self) -> "PrimedStream":
+        size = 0
         try:
             for payload, chunk in self._chunks:
                 self._observe(chunk)
                 self._head.append(payload)
                 if chunk is None or carries_content(chunk):
                     break
+                size += len(payload)
+                if len(self._head) > MAX_HEAD_EVENTS or size > MAX_HEAD_BYTES:
+                    raise BadUpstreamResponse("the upstream stream sent no content in its first "
+                                              f"{len(self._head)} events ({size} bytes)")
         except BaseException:
             self.close()
             raise

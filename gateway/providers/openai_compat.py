@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
 from typing import Iterator
 from urllib.parse import urlsplit
 
@@ -21,12 +23,18 @@ from ..redact import Redactor
 from ..types import Completion, Deployment, ModelRequest, Usage
 from . import OPENAI_COMPATIBLE_BASES
 from .auth import HeaderAuth, bearer
-from .base import Chunk, PrimedStream, carries_content
-from .sse import SSEDecoder
-from .transport import Transport, UpstreamResponse
+from .base import MAX_HEAD_EVENTS, Chunk, PrimedStream, carries_content, clean_usage
+from .sse import EventTooLarge, SSEDecoder
+from .transport import Transport, UpstreamResponse, within
 
 CONNECT_TIMEOUT = 5.0
 ENDPOINTS = ("chat/completions", "completions", "embeddings")
+# Largest whole answer read from an upstream: an embeddings batch (2,048 inputs of
+# 3,072 floats as JSON) is the biggest legitimate one.
+MAX_BODY = {"chat/completions": 32 << 20, "completions": 32 << 20, "embeddings": 256 << 20}
+MAX_ERROR_BODY = 1 << 20
+MAX_EVENT = 4 << 20
+RETRY_AFTER_MAX = 300.0
 
 # How OpenAI-compatible servers say "prompt longer than the context window" when
 # they send no `context_length_exceeded` code (vLLM, llama.cpp, TGI-based hosts).
@@ -35,7 +43,7 @@ CONTEXT_WINDOW_SIGNALS = (
     "context length exceeded",
     "exceeds the available context size",
     "context window",
-    "must be <= ",
+    "`max_new_tokens` must be <=",   # TGI: "`inputs` tokens + `max_new_tokens` must be <= 4096"
 )
 _PASSED_THROUGH_STATUSES = (400, 404, 422)
 
@@ -60,7 +68,7 @@ class OpenAICompatibleAdapter:
             origin = "{0.scheme}://{0.netloc}".format(urlsplit(base))
             transport = transports.get(origin) or transports.setdefault(origin, Transport(pool_maxsize))
             headers = {"Content-Type": "application/json", "Accept": "application/json",
-                       "User-Agent": "shin-gateway"}
+                       "Accept-Encoding": "identity", "User-Agent": "shin-gateway"}
             if deployment.organization:
                 headers["OpenAI-Organization"] = deployment.organization
             headers.update(deployment.extra_headers)
@@ -69,22 +77,36 @@ class OpenAICompatibleAdapter:
                 auth=bearer(deployment.api_key), where=f"deployment {deployment.id}")
         self._transports = list(transports.values())
 
-    def complete(self, deployment: Deployment, request: ModelRequest) -> Completion:
-        response = self._post(deployment, request, stream=False)
+    def complete(self, deployment: Deployment, request: ModelRequest, deadline: float | None = None) -> Completion:
+        response = self._post(deployment, request, stream=False, deadline=deadline)
         try:
             body = orjson.loads(response.content)
         except orjson.JSONDecodeError:
             body = None
+        if isinstance(body, dict) and "error" in body and "choices" not in body and "data" not in body:
+            raise self._in_band_error(body, response)
         if not isinstance(body, dict) or ("choices" not in body and "data" not in body):
             raise BadUpstreamResponse(f"the upstream sent an answer that is not an OpenAI response "
                                       f"({self._upstreams[deployment.id].where})")
         body["model"] = request.model
+        usage = body.get("usage")
+        if usage is not None:
+            cleaned = clean_usage(usage)
+            if cleaned is None:
+                del body["usage"]
+            elif cleaned is not usage:
+                body["usage"] = cleaned
         return Completion(body, Usage.from_openai(body.get("usage")))
 
-    def stream(self, deployment: Deployment, request: ModelRequest) -> PrimedStream:
-        response = self._post(deployment, request, stream=True)
-        chunks = self._chunks(response, request.model.encode())
-        return PrimedStream(chunks, response.close).prime()
+    def stream(self, deployment: Deployment, request: ModelRequest, deadline: float | None = None) -> PrimedStream:
+        """A stream primed within the call's deadline; after the first byte `stream_timeout` bounds each gap."""
+        where = self._upstreams[deployment.id].where
+        with within(deadline, where):  # one timer for the request and the read-ahead alike
+            response = self._post(deployment, request, stream=True, deadline=None)
+            gap = deployment.stream_timeout or deployment.timeout
+            state = _StreamState()
+            chunks = self._chunks(response, request.model.encode(), gap, state)
+            return PrimedStream(chunks, lambda: response.close(drain=state.done)).prime()
 
     def close(self) -> None:
         for transport in self._transports:
@@ -92,83 +114,129 @@ class OpenAICompatibleAdapter:
 
     # --- internals -------------------------------------------------------------------
 
-    def _post(self, deployment: Deployment, request: ModelRequest, *, stream: bool) -> UpstreamResponse:
+    def _post(self, deployment: Deployment, request: ModelRequest, *, stream: bool,
+              deadline: float | None) -> UpstreamResponse:
         upstream = self._upstreams[deployment.id]
         payload = dict(request.params)
         payload.update(request.extra)
         payload["model"] = deployment.upstream_model
-        headers = dict(upstream.headers)
+        headers = upstream.headers
         if request.request_id:
-            headers["X-Request-Id"] = request.request_id
+            headers = {**headers, "X-Request-Id": request.request_id}
         read_timeout = (deployment.stream_timeout or deployment.timeout) if stream else deployment.timeout
         response = upstream.transport.post(
             upstream.urls[request.endpoint], orjson.dumps(payload), headers,
             timeout=(min(CONNECT_TIMEOUT, deployment.timeout), read_timeout),
-            auth=upstream.auth, stream=stream, where=upstream.where)
+            auth=upstream.auth, stream=stream, where=upstream.where, deadline=deadline,
+            max_body=MAX_BODY[request.endpoint])
         if response.status != 200:
             if stream:
-                response.read()
+                response.read(MAX_ERROR_BODY, deadline)
             response.close()
-            raise self._status_error(response)
+            raise self._status_error(response.status, response.content, response.headers, upstream.where)
+        if stream and not _is_event_stream(response.headers):
+            # A JSON (or other) body where a stream was asked for: usually an error
+            # sent with status 200. Its message and status must reach the client.
+            response.read(MAX_ERROR_BODY, deadline)
+            response.close()
+            try:
+                body = orjson.loads(response.content)
+            except orjson.JSONDecodeError:
+                body = None
+            if isinstance(body, dict) and "error" in body:
+                raise self._in_band_error(body, response)
+            raise BadUpstreamResponse(f"the upstream answered a stream request without a stream ({upstream.where})")
         return response
 
-    def _chunks(self, response: UpstreamResponse, alias: bytes) -> Iterator[Chunk]:
+    def _chunks(self, response: UpstreamResponse, alias: bytes, gap: float, state: "_StreamState") -> Iterator[Chunk]:
         """Upstream SSE → framed events for the client; ends at [DONE], raises on in-band errors.
 
         Until the first content-bearing chunk every event is parsed (the stream
         is being primed). After it, a network read holding exactly one plain
         event — the usual case — is relayed as it came, model renamed in
         place, without decoding; anything else takes the decoding path.
+        `[DONE]` ends the iteration at once: the client gets it without
+        waiting for whatever the upstream does next. More than `gap` seconds
+        without a data event (bytes trickling in do not count) is a timeout.
         """
-        decoder = SSEDecoder()
+        decoder = SSEDecoder(MAX_EVENT)
         rename = None
-        done = finished = primed = False
+        finished = primed = False
+        where = response.where
+        last_event = time.monotonic()
+        empty = 0   # events with nothing for the client, before the first content
         for data in response.iter_bytes():
-            if done:
-                continue  # drain what follows [DONE], so the connection can go back to the pool
             if primed and decoder.idle and _is_plain_event(data):
                 finished = finished or _FINISH in data or _FINISH_SPACED in data
+                last_event = time.monotonic()
                 yield rename(data), None
                 continue
-            for payload in _data_of(decoder.feed(data)):
-                if done:
-                    continue
+            try:
+                payloads = list(_data_of(decoder.feed(data)))
+            except EventTooLarge as exc:
+                raise BadUpstreamResponse(f"{exc} ({where})") from None
+            yielded = False
+            for payload in payloads:
                 if payload == b"[DONE]":
-                    done = True
-                    continue
-                chunk = self._parse_chunk(payload, response.where)
+                    state.done = True
+                    return
+                chunk = self._parse_chunk(payload, where)
+                usage = chunk.get("usage")
+                if usage is not None and clean_usage(usage) is not usage:
+                    chunk["usage"] = clean_usage(usage)
+                    if chunk["usage"] is None:
+                        del chunk["usage"]
+                    payload = orjson.dumps(chunk)   # the only chunks ever re-encoded: bad usage
                 if not chunk.get("choices") and not chunk.get("usage"):
-                    continue  # nothing for the client: a content-filter preamble or similar
+                    # nothing for the client: a content-filter preamble or similar
+                    empty += not primed
+                    if empty > MAX_HEAD_EVENTS:
+                        raise BadUpstreamResponse(f"the upstream stream sent {empty} events with nothing for "
+                                                  f"the client before any content ({where})")
+                    continue
+                yielded = True
                 if rename is None:
                     rename = _model_renamer(chunk.get("model"), alias)
-                finished = finished or any(c.get("finish_reason") for c in chunk.get("choices") or ())
+                finished = finished or any(isinstance(c, dict) and c.get("finish_reason")
+                                           for c in chunk.get("choices") or ())
                 primed = primed or carries_content(chunk)
                 yield b"data: " + rename(payload) + b"\n\n", chunk
-        if not done:
-            for payload in _data_of(decoder.flush()):
-                done = done or payload == b"[DONE]"
-        if not (done or finished):
-            raise UpstreamFailed(f"the upstream stream ended before it was complete ({response.where})")
+            if yielded:
+                last_event = time.monotonic()
+            elif primed and time.monotonic() - last_event > gap:
+                raise UpstreamTimeout(f"the upstream stream stalled for over {gap:g} s ({where})")
+        try:
+            tail = list(_data_of(decoder.flush()))
+        except EventTooLarge as exc:
+            raise BadUpstreamResponse(f"{exc} ({where})") from None
+        if b"[DONE]" in tail:
+            state.done = True
+        elif not finished:
+            raise UpstreamFailed(f"the upstream stream ended before it was complete ({where})")
 
     def _parse_chunk(self, payload: bytes, where: str) -> dict:
         try:
             chunk = orjson.loads(payload)
         except orjson.JSONDecodeError:
             raise BadUpstreamResponse(f"the upstream sent a stream chunk that is not JSON ({where})") from None
-        if not isinstance(chunk, dict):
-            raise BadUpstreamResponse(f"the upstream sent a stream chunk that is not an object ({where})")
+        if not isinstance(chunk, dict) or not isinstance(chunk.get("choices", []), list):
+            raise BadUpstreamResponse(f"the upstream sent a stream chunk that is not an OpenAI chunk ({where})")
         if chunk.get("error"):
             error = chunk["error"] if isinstance(chunk["error"], dict) else {"message": str(chunk["error"])}
-            raise UpstreamFailed(self._redact(str(error.get("message") or "the upstream failed mid-stream")))
+            raise UpstreamFailed(self._redact(str(error.get("message") or "the upstream failed mid-stream"))[:500])
         return chunk
 
-    def _status_error(self, response: UpstreamResponse) -> GatewayError:
-        status = response.status
-        error = _error_fields(response.content)
+    def _in_band_error(self, body: dict, response: UpstreamResponse) -> GatewayError:
+        """An error object sent with HTTP 200: map it by the status or code it names."""
+        error = body["error"] if isinstance(body["error"], dict) else {"message": str(body["error"])}
+        status = _status_named(error) or _status_named(body) or 502
+        return self._status_error(status, orjson.dumps({"error": error}), response.headers, response.where)
+
+    def _status_error(self, status: int, content: bytes, headers, where: str) -> GatewayError:
+        error = _error_fields(content)
         message = self._redact(str(error.get("message") or f"the upstream answered HTTP {status}"))[:2000]
         code = error.get("code") if isinstance(error.get("code"), str) else None
-        retry_after = _retry_after(response.headers)
-        where = response.where
+        retry_after = _retry_after(headers)
         if status in (401, 403):
             return UpstreamAuthFailed(f"the upstream rejected the gateway's credentials ({where})")
         if status == 429:
@@ -183,9 +251,9 @@ class OpenAICompatibleAdapter:
         if status == 408:
             return UpstreamTimeout(f"the upstream timed out ({where})")
         if status >= 500 or status == 409:
-            return UpstreamFailed(f"the upstream failed with HTTP {status} ({where}): {message}",
-                                  retry_after=retry_after)
-        error = UpstreamFailed(f"the upstream answered HTTP {status} ({where}): {message}")
+            # Never echoed: 5xx text carries stack traces, file paths and host names.
+            return UpstreamFailed(f"the upstream failed with HTTP {status} ({where})", retry_after=retry_after)
+        error = UpstreamFailed(f"the upstream answered HTTP {status} ({where})")
         error.retryable = False
         return error
 
@@ -193,7 +261,7 @@ class OpenAICompatibleAdapter:
 _FINISH = b'"finish_reason":"'
 _FINISH_SPACED = b'"finish_reason": "'
 # Events that must be decoded: they may carry usage, an error, or nothing for the client.
-_NEEDS_DECODING = re.compile(rb'"usage": ?\{|"error"|"choices": ?\[\]')
+_NEEDS_DECODING = re.compile(rb'"usage": ?[^n ]|"error"|"choices": ?\[\]')
 
 
 def _is_plain_event(data: bytes) -> bool:
@@ -251,11 +319,59 @@ def _error_fields(content: bytes) -> dict:
 
 
 def _retry_after(headers) -> float | None:
+    """Seconds from `retry-after-ms` or `Retry-After` (seconds or an HTTP date), within [0, 300].
+
+    A value that is not a finite number or a date is ignored, as if absent.
+    """
     for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
         value = headers.get(name)
-        if value:
-            try:
-                return max(0.0, float(value) * scale)
-            except ValueError:
-                continue
+        if not value:
+            continue
+        try:
+            seconds = float(value) * scale
+        except ValueError:
+            seconds = _seconds_until(value) if scale == 1.0 else None
+        if seconds is not None and seconds == seconds and seconds not in (float("inf"), float("-inf")):
+            return min(max(0.0, seconds), RETRY_AFTER_MAX)
     return None
+
+
+def _seconds_until(http_date: str) -> float | None:
+    try:
+        when = parsedate_to_datetime(http_date)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if when is None or when.tzinfo is None:
+        return None
+    return when.timestamp() - time.time()
+
+
+def _status_named(error: dict) -> int | None:
+    """The HTTP status an in-band error object names, by number or by its well-known codes."""
+    for key in ("status", "code", "status_code"):
+        value = error.get(key)
+        if isinstance(value, str) and value.isdigit():
+            value = int(value)
+        if isinstance(value, int) and not isinstance(value, bool) and 400 <= value <= 599:
+            return value
+    words = " ".join(str(error.get(k) or "") for k in ("type", "code", "status")).lower()
+    if "rate_limit" in words or "resource_exhausted" in words or "too_many_requests" in words:
+        return 429
+    if "context_length" in words or "invalid_request" in words or "invalid_argument" in words:
+        return 400
+    if "auth" in words or "permission" in words or "invalid_api_key" in words:
+        return 401
+    return None
+
+
+def _is_event_stream(headers) -> bool:
+    content_type = headers.get("content-type") or ""
+    return content_type.startswith("text/event-stream") or not content_type
+
+
+class _StreamState:
+    """What the relay learned that close() needs: did the upstream end with `[DONE]`?"""
+    __slots__ = ("done",)
+
+    def __init__(self) -> None:
+        self.done = False

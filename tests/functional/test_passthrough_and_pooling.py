@@ -62,10 +62,16 @@ FULL_BODY = {
     "metadata": {"trace": "abc", "team": "search"},
     # vendor extras (vLLM / llama.cpp / SGLang)
     "top_k": 40,
-    "repetition_penalty": 1.1,
+    "repetition_penalty": 1.0,        # a float that a careless re-encoding would turn into 1
+    "length_penalty": 2,              # and an int that must not become 2.0
     "min_p": 0.05,
     "chat_template_kwargs": {"enable_thinking": False},
 }
+
+
+def canonical(body: dict) -> str:
+    """A text that tells apart what `==` does not: 1 from 1.0 and True, key order aside."""
+    return json.dumps(body, sort_keys=True, ensure_ascii=False)
 
 
 def _expected_upstream_body(sent: dict) -> dict:
@@ -96,7 +102,7 @@ def test_every_field_reaches_the_upstream_unchanged(gateway, upstream, client_au
     assert response.json()["model"] == CLIENT_MODEL
     record = upstream.last_request(UPSTREAM_MODEL)
     assert record["path"] == "/v1/chat/completions"
-    assert record["body"] == _expected_upstream_body(sent)
+    assert canonical(record["body"]) == canonical(_expected_upstream_body(sent))
     assert record["headers"].get("Authorization") == f"Bearer {UPSTREAM_KEY}"
     _assert_no_master_key(record)
     lowered = {k.lower() for k in record["headers"]}
@@ -114,7 +120,7 @@ def test_chunked_request_body_reaches_the_upstream_unchanged(gateway, upstream):
         # connection would hold up the gateway's graceful stop at teardown.
         "Connection": "close"})
     assert response.status_code == 200, response.text
-    assert upstream.last_request(UPSTREAM_MODEL)["body"] == _expected_upstream_body(FULL_BODY)
+    assert canonical(upstream.last_request(UPSTREAM_MODEL)["body"]) == canonical(_expected_upstream_body(FULL_BODY))
 
 
 def test_streaming_body_reaches_the_upstream_unchanged(gateway, upstream):
@@ -127,7 +133,7 @@ def test_streaming_body_reaches_the_upstream_unchanged(gateway, upstream):
         stream.close()
     assert_sse_framing(stream)
     record = upstream.last_request(UPSTREAM_MODEL)
-    assert record["body"] == _expected_upstream_body(sent)
+    assert canonical(record["body"]) == canonical(_expected_upstream_body(sent))
     assert record["headers"].get("Authorization") == f"Bearer {UPSTREAM_KEY}"
     _assert_no_master_key(record)
 

@@ -87,9 +87,10 @@ def test_upstream_auth_failure_is_502_upstream_auth_error_not_retried(isolated, 
 def test_upstream_timeout_is_504(isolated, upstream, stream):
     response, attempts, elapsed = call(isolated, upstream, "slow-answer", stream=stream, upstream_model="hang-3")
     assert_openai_error(response, 504, "api_error", code="upstream_timeout")
-    assert attempts == ATTEMPTS, f"{attempts} upstream attempts, want 1 + num_retries = {ATTEMPTS}"
-    # Each attempt is cut at the deployment's 1 s timeout, not at the upstream's 3 s answer.
-    assert 1.0 <= elapsed < 2 * 1.0 + 2.5, f"took {elapsed:.2f}s"
+    # `timeout` (1 s) is a deadline for the whole call, retries included: the
+    # attempt that ran into it is the last one, cut long before the upstream's 3 s.
+    assert attempts == 1, f"{attempts} upstream attempts after the deadline had passed"
+    assert 1.0 <= elapsed < 1.0 + 1.5, f"took {elapsed:.2f}s"
 
 
 @STREAM

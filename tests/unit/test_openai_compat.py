@@ -277,7 +277,12 @@ def test_upstream_auth_failure(adapter, dep, wire, status):
     ({"Retry-After": "7"}, 7.0),
     ({"retry-after-ms": "1500"}, 1.5),
     ({"retry-after-ms": "250", "Retry-After": "9"}, 0.25),
-    ({"Retry-After": "Wed, 21 Oct 2015 07:28:00 GMT"}, None),
+    ({"Retry-After": "Wed, 21 Oct 2015 07:28:00 GMT"}, 0.0),      # a date in the past: retry now
+    ({"Retry-After": "-5"}, 0.0),
+    ({"Retry-After": "86400"}, 300.0),                              # capped
+    ({"Retry-After": "inf"}, None),
+    ({"Retry-After": "nan"}, None),
+    ({"Retry-After": "soon"}, None),
     ({}, None),
 ])
 def test_rate_limit_with_retry_after(adapter, dep, wire, headers, expected):
@@ -289,8 +294,17 @@ def test_rate_limit_with_retry_after(adapter, dep, wire, headers, expected):
     assert (error.status, error.type, error.code, error.retryable) == (429, "rate_limit_error",
                                                                        "rate_limit_exceeded", True)
     assert error.retry_after == expected
-    if expected is not None:
-        assert int(error.headers()["Retry-After"]) >= 1
+    assert 1 <= int(error.headers()["Retry-After"]) <= 300   # every 429 carries one, upstream's or not
+
+
+def test_retry_after_as_a_future_http_date(adapter, dep, wire):
+    from email.utils import formatdate
+    import time
+    wire.add(responses.POST, CHAT_URL, status=429, headers={"Retry-After": formatdate(time.time() + 30, usegmt=True)},
+             json=error_body("Rate limit reached for requests", "requests", code="rate_limit_exceeded"))
+    with pytest.raises(UpstreamRateLimited) as info:
+        adapter.complete(dep, chat_request())
+    assert 27 <= info.value.retry_after <= 31
 
 
 @pytest.mark.parametrize("status", [500, 502, 503, 504, 529])
@@ -551,3 +565,131 @@ def test_priming_reads_only_up_to_the_first_content(adapter, dep, wire):
     assert b'"role":"assistant"' in head and b'"first"' in head
     with pytest.raises(UpstreamFailed):
         next(iterator)
+
+
+# --- bounds and odd answers (hardening) ------------------------------------------------------------
+
+def test_a_whole_answer_over_the_cap_is_a_bad_upstream_response(adapter, dep, wire, monkeypatch):
+    from gateway.providers import openai_compat
+    monkeypatch.setitem(openai_compat.MAX_BODY, "chat/completions", 1000)
+    wire.add(responses.POST, CHAT_URL, body=sse(b'{"choices": ["' + b"x" * 600, b"y" * 600 + b'"]}'),
+             stream=True, content_type="application/json")
+    with pytest.raises(BadUpstreamResponse) as info:
+        adapter.complete(dep, chat_request())
+    assert info.value.status == 502 and "larger than the gateway accepts" in info.value.message
+
+
+def test_a_stream_event_over_the_cap_is_a_bad_upstream_response(adapter, dep, wire, monkeypatch):
+    from gateway.providers import openai_compat
+    monkeypatch.setattr(openai_compat, "MAX_EVENT", 4096)
+    add_stream(wire, b"data: {\"choices\": [\"", *([b"x" * 1024] * 8), b"\"]}\n\n", DONE)
+    with pytest.raises(BadUpstreamResponse) as info:
+        adapter.stream(dep, chat_request(stream=True))
+    assert "larger than" in info.value.message
+
+
+def test_a_stream_with_no_content_in_its_first_events_fails(adapter, dep, wire):
+    role = chunk()   # an empty delta: nothing for the client yet
+    add_stream(wire, *([role] * 300), chunk("late"), DONE)
+    with pytest.raises(BadUpstreamResponse):
+        adapter.stream(dep, chat_request(stream=True))
+
+
+def test_done_ends_the_stream_at_once(adapter, dep, wire):
+    """Whatever follows [DONE] is never read into the answer: the relay stops there."""
+    add_stream(wire, chunk("hi"), chunk(finish="stop"), DONE, RuntimeError("read after [DONE]"))
+    out, error = collect_until_error(adapter.stream(dep, chat_request(stream=True)))
+    assert error is None and [c["choices"][0]["delta"] for c in chunks_of_bytes(out)] == [{"content": "hi"}, {}]
+
+
+def chunks_of_bytes(data: bytes) -> list[dict]:
+    return [json.loads(payload) for payload in events(data)]
+
+
+@pytest.mark.parametrize("body, status, cls", [
+    ({"error": {"message": "Rate limit reached", "type": "rate_limit_error", "code": "rate_limit_exceeded"}},
+     429, UpstreamRateLimited),
+    ({"error": {"message": "Internal failure", "code": 500}}, 502, UpstreamFailed),
+    ({"error": {"message": "max_tokens is too large", "type": "invalid_request_error", "code": 400}},
+     400, UpstreamClientError),
+    ({"error": "overloaded"}, 502, UpstreamFailed),
+])
+def test_a_json_error_with_status_200_to_a_stream_request_is_mapped(adapter, dep, wire, body, status, cls):
+    wire.add(responses.POST, CHAT_URL, json=body, status=200)
+    with pytest.raises(cls) as info:
+        adapter.stream(dep, chat_request(stream=True))
+    assert info.value.status == status
+    if status != 502:
+        assert body["error"]["message"] in info.value.message
+    if status == 429:
+        assert info.value.headers()["Retry-After"] == "1"
+
+
+def test_a_json_error_with_status_200_to_a_whole_request_is_mapped(adapter, dep, wire):
+    wire.add(responses.POST, CHAT_URL, status=200, json={"error": {"message": "slow down", "type": "rate_limit"}})
+    with pytest.raises(UpstreamRateLimited):
+        adapter.complete(dep, chat_request())
+
+
+def test_5xx_text_is_summarised_never_echoed(adapter, dep, wire):
+    trace = ('Traceback (most recent call last):\n  File "/srv/vllm/engine.py", line 12, in run\n'
+             'ConnectionError: inference-node-7.internal.corp:8001 refused')
+    wire.add(responses.POST, CHAT_URL, status=500, json={"error": {"message": trace, "type": "server_error"}})
+    with pytest.raises(UpstreamFailed) as info:
+        adapter.complete(dep, chat_request())
+    message = info.value.message
+    assert message == "the upstream failed with HTTP 500 (deployment dep1)"
+
+
+@pytest.mark.parametrize("usage", [
+    {"prompt_tokens": "11", "completion_tokens": None, "total_tokens": {"x": 1}},
+    {"prompt_tokens": 1.5, "completion_tokens": True, "total_tokens": -3},
+    "lots", [1, 2], None,
+])
+def test_usage_of_the_wrong_type_never_fails_a_good_answer(adapter, dep, wire, usage):
+    body = completion_body()
+    body["usage"] = usage
+    wire.add(responses.POST, CHAT_URL, json=body)
+    completion = adapter.complete(dep, chat_request())
+    assert completion.body["choices"][0]["message"]["content"] == "hello"
+
+
+def test_vllm_parameter_bounds_are_not_context_errors(adapter, dep, wire):
+    wire.add(responses.POST, CHAT_URL, status=400, json=error_body("temperature must be <= 2.0, got 3.0"))
+    with pytest.raises(UpstreamClientError) as info:
+        adapter.complete(dep, chat_request())
+    assert not isinstance(info.value, ContextLengthExceeded)
+
+
+def test_a_flood_of_empty_events_before_content_fails(adapter, dep, wire):
+    empty = b'data: {"id":"x","object":"chat.completion.chunk","created":1,"model":"m","choices":[]}\n\n'
+    add_stream(wire, *([empty] * 300), chunk("late"), DONE)
+    with pytest.raises(BadUpstreamResponse):
+        adapter.stream(dep, chat_request(stream=True))
+
+
+@pytest.mark.parametrize("usage, expected", [
+    ({"prompt_tokens": "11", "completion_tokens": 7, "total_tokens": None},
+     {"prompt_tokens": 0, "completion_tokens": 7, "total_tokens": 7}),
+    ({"prompt_tokens": 2.0, "completion_tokens": -1, "total_tokens": 1e300},
+     {"prompt_tokens": 2, "completion_tokens": 0, "total_tokens": 2}),
+    ([11, 7, 18], None),
+])
+def test_usage_of_the_wrong_type_is_cleaned_to_the_openai_shape(adapter, dep, wire, usage, expected):
+    body = completion_body()
+    body["usage"] = usage
+    wire.add(responses.POST, CHAT_URL, json=body)
+    completion = adapter.complete(dep, chat_request())
+    assert completion.body.get("usage") == expected
+    add_stream(wire, chunk("hi"), chunk(finish="stop"),
+               b"data: " + json.dumps({"id": "c", "model": UPSTREAM_MODEL, "choices": [], "usage": usage}).encode()
+               + b"\n\n", DONE)
+    streamed = chunks_of_bytes(relayed(adapter.stream(dep, chat_request(stream=True, include_usage=True))))
+    usages = [c["usage"] for c in streamed if "usage" in c]
+    assert usages == ([expected] if expected else [])
+
+
+def test_clean_usage_keeps_good_usage_as_it_is():
+    from gateway.providers.base import clean_usage
+    usage = {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3, "prompt_tokens_details": {"x": 1}}
+    assert clean_usage(usage) is usage

@@ -135,3 +135,30 @@ def test_utf8_split_inside_a_character_is_reassembled():
     data = 'data: {"c":"héllo ☃"}\n\n'.encode()
     cut = data.index("☃".encode()) + 1
     assert decode_all([data[:cut], data[cut:]]) == [(None, '{"c":"héllo ☃"}'.encode())]
+
+
+def test_a_line_longer_than_the_cap_raises_event_too_large():
+    from gateway.providers.sse import EventTooLarge
+    decoder = SSEDecoder(max_event_bytes=10_000)
+    decoder.feed(b"data: ")
+    with pytest.raises(EventTooLarge):
+        for _ in range(20):
+            decoder.feed(b"x" * 1000)
+
+
+def test_an_event_of_many_lines_longer_than_the_cap_raises_event_too_large():
+    from gateway.providers.sse import EventTooLarge
+    decoder = SSEDecoder(max_event_bytes=10_000)
+    with pytest.raises(EventTooLarge):
+        for _ in range(20):
+            decoder.feed(b"data: " + b"x" * 1000 + b"\n")
+
+
+def test_a_long_line_in_many_small_reads_is_decoded_whole():
+    decoder = SSEDecoder()
+    payload = bytes(range(32, 127)) * 2000
+    events = []
+    for start in range(0, len(payload), 7):
+        events += decoder.feed((b"data: " if start == 0 else b"") + payload[start:start + 7])
+    events += decoder.feed(b"\n\n")
+    assert events == [(None, payload)]

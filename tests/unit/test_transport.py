@@ -74,14 +74,22 @@ def test_no_transport_level_retries():
 
 
 def test_content_length_and_auth_are_set_per_request():
+    """The adapter's headers dict is shared by every request: post() must never write into it."""
     transport = Transport(pool_maxsize=2)
-    shared_headers = {"Content-Type": "application/json"}
+    headers = {"Content-Type": "application/json"}
+    before = dict(headers)
+    bearer = lambda key: lambda r: (r.headers.__setitem__("Authorization", f"Bearer {key}"), r)[1]  # noqa: E731
     with responses.RequestsMock() as wire:
         wire.add(responses.POST, "http://up.test/v1/x", body=b"ok")
-        response = transport.post("http://up.test/v1/x", b'{"a":1}', dict(shared_headers), timeout=(1, 1),
-                                  auth=lambda r: (r.headers.__setitem__("Authorization", "Bearer k"), r)[1])
-        sent = wire.calls[0].request
-    assert sent.headers["Content-Length"] == "7" and sent.headers["Authorization"] == "Bearer k"
-    assert shared_headers == {"Content-Type": "application/json"}
+        wire.add(responses.POST, "http://up.test/v1/x", body=b"ok")
+        response = transport.post("http://up.test/v1/x", b'{"a":1}', headers, timeout=(1, 1), auth=bearer("k1"))
+        after_first = dict(headers)
+        transport.post("http://up.test/v1/x", b"{}", headers, timeout=(1, 1))
+        first, second = (call.request for call in wire.calls)
+    assert after_first == before, f"post() mutated the headers dict it was given: {after_first}"
+    assert headers == before, f"post() mutated the headers dict it was given: {headers}"
+    assert first.headers["Content-Length"] == "7" and first.headers["Authorization"] == "Bearer k1"
+    assert second.headers["Content-Length"] == "2" and "Authorization" not in second.headers
+    assert first.headers["Content-Type"] == second.headers["Content-Type"] == "application/json"
     assert (response.status, response.content) == (200, b"ok")
     transport.close()
