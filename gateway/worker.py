@@ -8,20 +8,86 @@ old config on them. Here, once a worker is
 told to stop, it accepts nothing more, answers what is in flight or arrives
 within DRAIN_GRACE with `Connection: close`, and ends idle connections.
 A connection idle for longer than gunicorn's `keepalive` is closed too.
+
+Slow clients get deadlines, so that trickling bytes cannot hold a worker's
+connection slots: a request head must arrive within HEAD_TIMEOUT (from accept,
+or from the first byte of a kept-alive connection's next request), its body
+within BODY_TIMEOUT after the head; late bodies get a 408 and the connection
+is closed. Sockets are only ever polled, never select(2)ed, which fails on
+descriptors of 1024 and above.
 """
 from __future__ import annotations
 
+import resource
 import socket
+import time
 
 import gevent
 from gevent.monkey import get_original
+from gevent.pywsgi import Input
 from gevent.socket import wait_read
 from gunicorn.workers.ggevent import GeventPyWSGIWorker, PyWSGIHandler, PyWSGIServer
+
+from .errors import RequestTimeout
+from .settings import worker_timeouts
 
 COALESCE_LIMIT = 65536  # larger first writes go out on their own rather than be copied
 DRAIN_GRACE = 1.0   # seconds a kept-alive connection has, once a stop begins, to send its next request
 
-_select = get_original("select", "select")
+_poll = get_original("select", "poll")
+_POLLIN = get_original("select", "POLLIN")
+
+TIMEOUT_RESPONSE = (b"HTTP/1.1 408 Request Timeout\r\nContent-Type: application/json\r\nConnection: close\r\n"
+                    b"Content-Length: 125\r\n\r\n"
+                    b'{"error":{"message":"The request head did not arrive in time.","type":"invalid_request_error",'
+                    b'"param":null,"code":"request_timeout"}}')
+
+
+def readable_now(sock) -> bool:
+    """Has this socket bytes (or EOF) to read right now? One poll(2), fine for any descriptor number."""
+    poller = _poll()
+    poller.register(sock.fileno(), _POLLIN)
+    return bool(poller.poll(0))
+
+
+class _HeadTimeout(Exception):
+    """The request line and headers did not arrive within HEAD_TIMEOUT."""
+
+
+class _BodyTimeout(RequestTimeout):
+    def __init__(self):
+        super().__init__("The request body did not arrive in time.")
+
+    def headers(self) -> dict:
+        return {**super().headers(), "Connection": "close"}
+
+
+class _DeadlineInput(Input):
+    """The request body, readable only until its deadline; after that every read raises a 408."""
+    __slots__ = ("deadline", "expired")
+
+    def read(self, length=None):
+        return self._bounded(super().read, length)
+
+    def readline(self, size=None):
+        return self._bounded(super().readline, size)
+
+    def _bounded(self, read, size):
+        left = self.deadline - time.monotonic()
+        try:
+            if left <= 0:
+                raise _BodyTimeout()
+            with gevent.Timeout(left, _BodyTimeout):
+                return read(size)
+        except _BodyTimeout:
+            self.expired = True
+            raise
+
+    def _discard(self):
+        try:
+            super()._discard()
+        except _BodyTimeout:
+            self.expired = True
 
 
 class _Stopping(Exception):
@@ -52,24 +118,93 @@ class _Server(PyWSGIServer):
 
 
 class _Handler(PyWSGIHandler):
+    head_timeout = 10.0
+    body_timeout = 30.0
+    _head_timer = None
+    _kept_alive = False
+
     def read_requestline(self):
         server = self.server
         if server.stopping:
             return self._requestline_while_stopping()
         server.waiting.add(self.socket)
         try:
+            if not self._kept_alive:  # a new connection: its head is due HEAD_TIMEOUT after accept
+                self._kept_alive = True
+                return self._requestline_within_head_timeout()
             with gevent.Timeout(server.idle_timeout, False):
-                return super().read_requestline()
+                if not self.rfile.peek(1):
+                    return ""  # the client closed its kept-alive connection
+                return self._requestline_within_head_timeout()
             return ""  # idle past gunicorn's `keepalive`: end the connection, free its slot
         except _Stopping:
+            self._stop_head_timer()
             return self._requestline_while_stopping()
         finally:
             server.waiting.discard(self.socket)
 
+    def _requestline_within_head_timeout(self) -> str:
+        """Start the head's clock; read_request (the headers) stops it."""
+        self._head_timer = gevent.Timeout.start_new(self.head_timeout, _HeadTimeout)
+        try:
+            return super().read_requestline()
+        except _HeadTimeout:
+            return self._timed_out()
+
+    def handle_one_request(self):
+        try:
+            return super().handle_one_request()
+        finally:
+            self._stop_head_timer()
+
+    def _stop_head_timer(self) -> None:
+        timer, self._head_timer = self._head_timer, None
+        if timer is not None:
+            timer.close()
+
+    def read_request(self, raw_requestline):
+        try:
+            return super().read_request(raw_requestline)
+        finally:
+            self._stop_head_timer()
+
+    def _handle_client_error(self, ex):
+        if isinstance(ex, _HeadTimeout):
+            self.close_connection = True
+            return "408", TIMEOUT_RESPONSE
+        return super()._handle_client_error(ex)
+
+    def _timed_out(self) -> str:
+        """The head did not come in time: say so, and end the connection."""
+        self._stop_head_timer()
+        self.status = "408"
+        self.close_connection = True
+        try:
+            self.socket.sendall(TIMEOUT_RESPONSE)
+        except OSError:
+            pass
+        return ""
+
+    def get_environ(self):
+        environ = super().get_environ()
+        body = self.wsgi_input
+        bounded = _DeadlineInput(body.rfile, body.content_length, socket=body.socket,
+                                 chunked_input=body.chunked_input)
+        bounded.deadline = time.monotonic() + self.body_timeout
+        bounded.expired = False
+        self.wsgi_input = bounded
+        if environ.get("wsgi.input") is body:
+            environ["wsgi.input"] = bounded
+        return environ
+
+    def handle_one_response(self):
+        super().handle_one_response()
+        if self.wsgi_input.expired:
+            self.close_connection = True  # the rest of a late body is still on its way: no next request
+
     def _requestline_while_stopping(self):
         """Serve a request already on its way; end a connection with none."""
-        readable, _, _ = _select([self.socket], [], [], 0)
-        if not readable:
+        if not readable_now(self.socket):
             try:
                 wait_read(self.socket.fileno(), timeout=DRAIN_GRACE)
             except socket.timeout:
@@ -116,7 +251,7 @@ class _Handler(PyWSGIHandler):
         self.response_length += len(data)
 
     def start_response(self, status, headers, exc_info=None):
-        if self.server.stopping:
+        if self.server.stopping or self.wsgi_input.expired:
             headers = [h for h in headers if h[0].lower() != "connection"] + [("Connection", "close")]
         return super().start_response(status, headers, exc_info)
 
@@ -127,9 +262,23 @@ class GatewayWorker(GeventPyWSGIWorker):
 
     def init_process(self):
         _Server.idle_timeout = self.cfg.keepalive or None
+        _Handler.head_timeout, _Handler.body_timeout = worker_timeouts()
+        _raise_open_files_limit(self.worker_connections)
         super().init_process()
 
     def handle_exit(self, sig, frame):
         super().handle_exit(sig, frame)
         for server in _Server.live:
             server.begin_stop()
+
+
+def _raise_open_files_limit(connections: int) -> None:
+    """Each connection may hold a client socket and an upstream socket: lift the soft limit to fit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = 2 * connections + 256
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        new = wanted if hard == resource.RLIM_INFINITY else min(hard, max(wanted, soft))
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+        except (ValueError, OSError):
+            pass
