@@ -6,6 +6,7 @@ a broken run (non-2xx, cut streams, dead processes) is what fails the runner.
 """
 from __future__ import annotations
 
+import dataclasses
 import statistics
 from dataclasses import dataclass
 
@@ -18,13 +19,16 @@ NOISY_CORES = 0.1  # foreign CPU above this average makes the comparison unrelia
 
 @dataclass
 class Point:
-    """One concurrency level, direct and through the gateway."""
+    """One concurrency level, direct and through the gateway (and the baseline gateway)."""
 
     connections: int
     direct: WrkResult
     gateway: WrkResult
     gateway_cpu_ms_per_req: float
     upstream_cpu_pct: float  # of one core, during the gateway run: shows it was not the bottleneck
+    baseline: WrkResult | None = None  # with --baseline: the gateway of that revision
+    baseline_cpu_ms_per_req: float = float("nan")
+    baseline_upstream_cpu_pct: float = float("nan")
 
 
 @dataclass
@@ -39,6 +43,14 @@ class Results:
     first_200: float
     workers: int
     background_cores: float  # CPU used by other processes during the run; > 0.1 means noisy figures
+    # with --baseline only: the same figures for the gateway of that revision
+    command: str = ""
+    baseline_label: str = ""
+    current_label: str = ""
+    streams_baseline: StreamRun | None = None
+    baseline_rss_idle: int = 0
+    baseline_rss_peak: int = 0
+    baseline_first_200: float = 0.0
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -116,4 +128,75 @@ def render(res: Results) -> str:
     for name, measured, passed in rows:
         verdict = "n/a" if passed is None else ("PASS" if passed else "MISS")
         out.append(f"  {name:<{width}}  {measured:<32} {verdict}")
+    return "\n".join(out)
+
+
+# --- side by side with a revision (--baseline) --------------------------------------------
+
+def baseline_view(res: Results) -> Results:
+    """``res`` with the baseline gateway's figures where the gateway's are, for ``targets``."""
+    points = [dataclasses.replace(p, gateway=p.baseline, gateway_cpu_ms_per_req=p.baseline_cpu_ms_per_req,
+                                  upstream_cpu_pct=p.baseline_upstream_cpu_pct) for p in res.points]
+    return dataclasses.replace(res, points=points, streams_gateway=res.streams_baseline,
+                               rss_idle=res.baseline_rss_idle, rss_peak=res.baseline_rss_peak,
+                               first_200=res.baseline_first_200)
+
+
+def _ratio(a: float, b: float) -> float:
+    return a / b if b else float("nan")
+
+
+def render_comparison(res: Results) -> str:
+    """Direct, baseline revision and work tree side by side, per load point."""
+    out = [f"$ {res.command}", "",
+           f"baseline: {res.baseline_label}", f"current:  {res.current_label}", ""]
+    if res.background_cores > NOISY_CORES:
+        out.append(f"WARNING: other processes used {res.background_cores:.2f} cores on average during the run;"
+                   " every figure below is skewed by that load.\n")
+    out.append("Non-streaming POST /v1/chat/completions (wrk; latency in ms; +p50/+p99 = gateway minus direct;"
+               " base = baseline, cur = current)")
+    head = (f"{'conc':>5} | {'direct rps':>10} {'p50':>6} {'p99':>6} | {'base rps':>9} {'cur rps':>9}"
+            f" {'cur/base':>8} | {'CPU ms/req base':>15} {'cur':>6} | {'base +p50':>9} {'+p99':>8}"
+            f" | {'cur +p50':>8} {'+p99':>8} | {'upstr CPU b/c':>13} | {'non-2xx d/b/c':>13}"
+            f" | {'sock err d/b/c':>14}")
+    out += [head, "-" * len(head)]
+    for p in res.points:
+        d, b, c = p.direct, p.baseline, p.gateway
+        assert b is not None
+        out.append(
+            f"{p.connections:>5} | {d.rps:>10,.0f} {d.p50_ms:>6.2f} {d.p99_ms:>6.2f} | {b.rps:>9,.0f} {c.rps:>9,.0f}"
+            f" {_ratio(c.rps, b.rps):>8.3f} | {p.baseline_cpu_ms_per_req:>15.3f} {p.gateway_cpu_ms_per_req:>6.3f}"
+            f" | {b.p50_ms - d.p50_ms:>+9.2f} {b.p99_ms - d.p99_ms:>+8.2f}"
+            f" | {c.p50_ms - d.p50_ms:>+8.2f} {c.p99_ms - d.p99_ms:>+8.2f}"
+            f" | {f'{p.baseline_upstream_cpu_pct:.0f}%/{p.upstream_cpu_pct:.0f}%':>13}"
+            f" | {f'{d.non2xx}/{b.non2xx}/{c.non2xx}':>13}"
+            f" | {f'{d.socket_errors}/{b.socket_errors}/{c.socket_errors}':>14}")
+    out.append("")
+    out.append(f"Streaming: {res.streams} concurrent streams x {res.chunks} content chunks (latency in ms)")
+    head = f"{'':>8} | {'TTFB p50':>8} {'TTFB p99':>8} | {'total s':>7} {'vs direct':>9} | {'complete':>8}"
+    out += [head, "-" * len(head)]
+    direct_total = res.streams_direct.total
+    for name, run in (("direct", res.streams_direct), ("baseline", res.streams_baseline),
+                      ("current", res.streams_gateway)):
+        assert run is not None
+        p50, p99 = _ttfb_ms(run)
+        ok = len(run.results) - len(run.failures)
+        vs = "" if name == "direct" else f"{(_ratio(run.total, direct_total) - 1) * 100:+.1f}%"
+        out.append(f"{name:>8} | {p50:>8.1f} {p99:>8.1f} | {run.total:>7.3f} {vs:>9}"
+                   f" | {f'{ok}/{len(run.results)}':>8}")
+    out.append("")
+    out.append(f"Gateway processes (master + {res.workers} workers), RSS idle / peak under load;"
+               " time to first 200:")
+    for name, idle, peak, first in (("baseline", res.baseline_rss_idle, res.baseline_rss_peak, res.baseline_first_200),
+                                    ("current", res.rss_idle, res.rss_peak, res.first_200)):
+        out.append(f"  {name:<8} {idle / MB:6.1f} MB / {peak / MB:6.1f} MB; {first:.3f} s")
+    out.append(f"Other load on the machine during the run: {res.background_cores:.2f} cores on average")
+    out.append("")
+    current, base = targets(res), targets(baseline_view(res))
+    width = max(len(r[0]) for r in current)
+    out.append(f"{'Targets':<{width + 4}}{'baseline':<39}current")
+    for (name, measured, passed), (_, b_measured, b_passed) in zip(current, base, strict=True):
+        verdict = "n/a" if passed is None else ("PASS" if passed else "MISS")
+        b_verdict = "n/a" if b_passed is None else ("PASS" if b_passed else "MISS")
+        out.append(f"  {name:<{width}}  {b_measured:<32} {b_verdict:<4}  {measured:<32} {verdict}")
     return "\n".join(out)

@@ -94,15 +94,23 @@ def start_upstream(children: Children, workdir: Path, procs: int, chunks: int, d
     return started
 
 
-def start_gateway(children: Children, workdir: Path, upstream_port: int, workers: int,
-                  cmd_template: str, timeout: float = 60.0) -> Started:
+def write_config(workdir: Path, upstream_port: int) -> Path:
+    """The one config file every gateway of a run reads (valid for old and new revisions)."""
     config = workdir / "gateway.yaml"
     config.write_text(CONFIG_TEMPLATE.format(host=HOST, upstream_port=upstream_port))
+    return config
+
+
+def start_gateway(children: Children, workdir: Path, config: Path, workers: int, cmd_template: str,
+                  timeout: float = 60.0, *, name: str = "gateway", source: Path = REPO,
+                  env: dict[str, str] | None = None) -> Started:
+    """Launch from ``source`` (the repo root, or a checkout of another revision with
+    ``env`` putting it on ``PYTHONPATH``); the log is ``<workdir>/<name>.log``."""
     port = free_port()
-    log = workdir / "gateway.log"
+    log = workdir / f"{name}.log"
     cmd = shlex.split(cmd_template.format(bin=VENV_BIN, host=HOST, port=port, workers=workers, config=config))
-    env = dict(os.environ, SHIN_GATEWAY_CONFIG=str(config))
+    env = dict(os.environ if env is None else env, SHIN_GATEWAY_CONFIG=str(config))
     launched = time.perf_counter()
-    started = Started(children.start(cmd, env=env, cwd=str(REPO), log=log), port, log)
+    started = Started(children.start(cmd, env=env, cwd=str(source), log=log), port, log)
     started.first_200 = wait_for_200(started, "/health/liveliness", launched, timeout)
     return started
