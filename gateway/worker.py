@@ -21,8 +21,10 @@ from __future__ import annotations
 import resource
 import socket
 import time
+import uuid
 
 import gevent
+import orjson
 from gevent.monkey import get_original
 from gevent.pywsgi import Input
 from gevent.socket import wait_read
@@ -37,10 +39,29 @@ DRAIN_GRACE = 1.0   # seconds a kept-alive connection has, once a stop begins, t
 _poll = get_original("select", "poll")
 _POLLIN = get_original("select", "POLLIN")
 
-TIMEOUT_RESPONSE = (b"HTTP/1.1 408 Request Timeout\r\nContent-Type: application/json\r\nConnection: close\r\n"
-                    b"Content-Length: 125\r\n\r\n"
-                    b'{"error":{"message":"The request head did not arrive in time.","type":"invalid_request_error",'
-                    b'"param":null,"code":"request_timeout"}}')
+
+
+class _Refusal:
+    """A whole OpenAI-shaped JSON error answer, for what is refused before the app sees a request."""
+
+    def __init__(self, status: str, message: str, code: str, type_: str = "invalid_request_error"):
+        self.status = status
+        body = orjson.dumps({"error": {"message": message, "type": type_, "param": None, "code": code}})
+        self._head = (f"HTTP/1.1 {status}\r\nContent-Type: application/json\r\nConnection: close\r\n"
+                      f"Content-Length: {len(body)}\r\nx-request-id: ").encode()
+        self._body = body
+
+    def answer(self) -> bytes:
+        return self._head + uuid.uuid4().hex.encode() + b"\r\n\r\n" + self._body
+
+
+TIMEOUT = _Refusal("408 Request Timeout", "The request head did not arrive in time.", "request_timeout")
+BAD_REQUEST = _Refusal("400 Bad Request", "The request could not be read as HTTP/1.1 (a malformed request line, "
+                       "too many or too long headers, or a broken chunked body).", "bad_request")
+URI_TOO_LONG = _Refusal("414 URI Too Long", "The request line is too long.", "uri_too_long")
+INTERNAL_ERROR = _Refusal("500 Internal Server Error", "The gateway hit an internal error; it has been logged.",
+                          "internal_error", "api_error")
+_REFUSALS = {400: BAD_REQUEST, 500: INTERNAL_ERROR}
 
 
 def readable_now(sock) -> bool:
@@ -153,9 +174,12 @@ class _Handler(PyWSGIHandler):
 
     def handle_one_request(self):
         try:
-            return super().handle_one_request()
+            result = super().handle_one_request()
         finally:
             self._stop_head_timer()
+        if isinstance(result, tuple) and result[0] == "414":
+            return "414", URI_TOO_LONG.answer()   # pywsgi's own has no body: every error here is JSON
+        return result
 
     def _stop_head_timer(self) -> None:
         timer, self._head_timer = self._head_timer, None
@@ -171,8 +195,22 @@ class _Handler(PyWSGIHandler):
     def _handle_client_error(self, ex):
         if isinstance(ex, _HeadTimeout):
             self.close_connection = True
-            return "408", TIMEOUT_RESPONSE
-        return super()._handle_client_error(ex)
+            return "408", TIMEOUT.answer()
+        status, _ = super()._handle_client_error(ex)
+        return status, (BAD_REQUEST if status == "400" else INTERNAL_ERROR).answer()
+
+    def _send_error_response_if_possible(self, error_code):
+        """pywsgi's own 400/500 answers, in the OpenAI error shape (they are text/plain, or empty)."""
+        if self.response_length or self.headers_sent:
+            self.close_connection = True
+            return
+        self.close_connection = True
+        refusal = _REFUSALS[error_code]
+        self.status = refusal.status
+        try:
+            self._sendall(refusal.answer())
+        except OSError:
+            pass
 
     def _timed_out(self) -> str:
         """The head did not come in time: say so, and end the connection."""
@@ -180,7 +218,7 @@ class _Handler(PyWSGIHandler):
         self.status = "408"
         self.close_connection = True
         try:
-            self.socket.sendall(TIMEOUT_RESPONSE)
+            self.socket.sendall(TIMEOUT.answer())
         except OSError:
             pass
         return ""

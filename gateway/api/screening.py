@@ -9,6 +9,8 @@ names are data for the model, not settings for anyone.
 
 The walk is iterative (no recursion limit to hit) and yields to the event loop
 on large bodies, so one big request never stalls a worker's other requests.
+Parsing cannot yield, so before it `check_parse_cost` refuses a body whose
+JSON holds so many values that parsing alone would stall the worker.
 """
 from __future__ import annotations
 
@@ -16,6 +18,14 @@ from ..errors import ForbiddenParameter, InvalidRequest
 from .cooperative import Pacer
 
 MAX_DEPTH = 64   # arrays and objects; real requests (JSON Schemas included) stay far below
+
+# Parsing cost, in nanoseconds per value as measured with orjson: a member of an
+# object (key and value) ~450, an object or array ~350, any other value ~40. The
+# budget parses in ~50 ms on a loaded two-core machine; the largest real requests
+# (10,000 messages, 512 tools with schemas, 300,000 token ids) cost under a fifth of it.
+PARSE_BUDGET_NS = 50_000_000
+_NS_PER_MEMBER, _NS_PER_CONTAINER, _NS_PER_VALUE = 450, 350, 40
+_WINDOW = 1 << 19
 
 FORBIDDEN_KEYS = frozenset({
     # where the call goes, with which credentials and headers
@@ -33,6 +43,37 @@ FORBIDDEN_PREFIXES = ("aws_", "azure_", "vertex_", "litellm_", "user_api_key")
 
 # JSON Schema documents: keys below these paths are property names chosen by the client's app.
 _SCHEMA_TOP_LEVEL = frozenset({"guided_json", "structured_outputs"})
+
+
+def check_parse_cost(raw: bytes, pacer: Pacer) -> None:
+    """Refuse (400) a body whose JSON has more values than a worker may parse in one go.
+
+    Counting structural bytes is cheap; only when that upper bound is over the
+    budget are the bytes inside strings (a pasted document, code) left out,
+    window by window, with a turn for the event loop between windows.
+    """
+    if _cost(raw) <= PARSE_BUDGET_NS:
+        return
+    plain = raw.replace(b"\\\\", b"").replace(b'\\"', b"")   # no escaped quote is left to mislead
+    outside, inside_string = [], False
+    for start in range(0, len(plain), _WINDOW):
+        pieces = plain[start:start + _WINDOW].split(b'"')
+        outside.append(b"".join(pieces[1 if inside_string else 0::2]))
+        inside_string ^= (len(pieces) - 1) % 2 == 1
+        pacer.tick(CHECK_EVERY_WINDOW)
+    if _cost(b"".join(outside)) > PARSE_BUDGET_NS:
+        raise InvalidRequest("The request body holds more JSON values than the gateway parses in one request.",
+                             code="too_many_values")
+
+
+CHECK_EVERY_WINDOW = 1 << 16
+
+
+def _cost(data: bytes) -> int:
+    members = data.count(b":")
+    containers = data.count(b"{") + data.count(b"[")
+    values = data.count(b",")
+    return members * _NS_PER_MEMBER + containers * _NS_PER_CONTAINER + values * _NS_PER_VALUE
 
 
 def screen(body: dict, pacer: Pacer) -> None:

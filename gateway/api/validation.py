@@ -16,7 +16,9 @@ from marshmallow import Schema
 from ..errors import InvalidRequest, RequestTooLarge, UnsupportedMediaType
 from ..types import ModelRequest
 from .cooperative import Pacer
-from .screening import screen
+from .screening import check_parse_cost, screen
+
+LARGE_BODY = 1 << 20   # bytes past which reading and parsing a body give the event loop a turn between them
 
 
 def validated(schema: Schema, endpoint: str):
@@ -27,8 +29,9 @@ def validated(schema: Schema, endpoint: str):
     def decorator(view):
         @wraps(view)
         def wrapper(*args, **kwargs):
-            body = read_json_object()
-            screen(body, Pacer())
+            pacer = Pacer()
+            body = read_json_object(pacer)
+            screen(body, pacer)
             errors = schema.validate(body)
             if errors:
                 raise _schema_error(errors)
@@ -45,7 +48,7 @@ def validated(schema: Schema, endpoint: str):
     return decorator
 
 
-def read_json_object() -> dict:
+def read_json_object(pacer: Pacer) -> dict:
     content_type = request.mimetype
     if content_type and content_type != "application/json" and not content_type.endswith("+json"):
         raise UnsupportedMediaType(f"Unsupported Content-Type '{content_type}': "
@@ -56,9 +59,15 @@ def read_json_object() -> dict:
         raise RequestTooLarge()
     if not raw:
         raise InvalidRequest("The request body is empty: send a JSON object.")
+    check_parse_cost(raw, pacer)
+    if len(raw) > LARGE_BODY:
+        pacer.rest()   # counting and parsing are each a single step that cannot yield: not both in one turn
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
+        if str(exc).startswith(("depth limit exceeded", "recursion limit")):
+            # orjson's own nesting limit (1,024) comes before ours (screening.MAX_DEPTH)
+            raise InvalidRequest("The request body is nested too deeply.", code="nesting_too_deep") from None
         raise InvalidRequest(f"We could not parse the JSON body of your request: {exc}.") from None
     if not isinstance(body, dict):
         raise InvalidRequest("The request body must be a JSON object.")

@@ -80,10 +80,10 @@ def _count_tokens(text: str) -> int:
 def _usage(request: ModelRequest, text: str) -> Usage:
     params = request.params
     if request.endpoint == "completions":
-        prompt_text = str(params.get("prompt") or "")
-    else:
-        prompt_text = " ".join(_text_of(m.get("content")) for m in params.get("messages") or [])
-    prompt, completion = _count_tokens(prompt_text), _count_tokens(text)
+        prompt = _count_tokens(str(params.get("prompt") or ""))
+    else:  # message by message: no copy of a large conversation joined into one string
+        prompt = max(1, sum(len(_text_of(m.get("content")).split()) for m in params.get("messages") or []))
+    completion = _count_tokens(text)
     return Usage(prompt, completion, prompt + completion)
 
 

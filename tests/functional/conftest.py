@@ -85,6 +85,30 @@ def standard_config(upstream: FakeUpstream) -> str:
         """)
 
 
+def quiet_config(base_url: str, models: dict[str, str], *, stream_timeout: float | None = None,
+                 max_request_body_mb: float | None = None) -> str:
+    """Fake-upstream models (client name → upstream model) and `mock`, with no retries and no
+    cooldowns, so that a test counts exactly the requests it sent."""
+    extra = f"\n      stream_timeout: {stream_timeout}" if stream_timeout else ""
+    entries = "".join(f"""
+  - model_name: {name}
+    litellm_params:
+      model: openai/{target}
+      api_base: {base_url}
+      api_key: os.environ/TEST_UPSTREAM_KEY{extra}""" for name, target in models.items())
+    limit = f"\n  max_request_body_mb: {max_request_body_mb}" if max_request_body_mb else ""
+    return f"""model_list:{entries}
+  - model_name: mock
+    litellm_params:
+      model: mock/shin-mock
+router_settings:
+  num_retries: 0
+  allowed_fails: 1000000
+general_settings:
+  master_key: {MASTER_KEY}{limit}
+"""
+
+
 @pytest.fixture(scope="session")
 def upstream():
     server = FakeUpstream(api_key=UPSTREAM_KEY).start()
