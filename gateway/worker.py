@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import resource
 import socket
-import time
 import uuid
 
 import gevent
@@ -84,31 +83,43 @@ class _BodyTimeout(RequestTimeout):
 
 
 class _DeadlineInput(Input):
-    """The request body, readable only until its deadline; after that every read raises a 408."""
-    __slots__ = ("deadline", "expired")
+    """The request body, on a clock started when its head was read: past BODY_TIMEOUT a read raises a 408.
+
+    One timer per connection, started for a request with a body and stopped
+    once the body is in (or the response is done): no timer per read.
+    """
+    __slots__ = ("timer", "expired")
 
     def read(self, length=None):
-        return self._bounded(super().read, length)
-
-    def readline(self, size=None):
-        return self._bounded(super().readline, size)
-
-    def _bounded(self, read, size):
-        left = self.deadline - time.monotonic()
+        if self.expired:
+            raise _BodyTimeout()
         try:
-            if left <= 0:
-                raise _BodyTimeout()
-            with gevent.Timeout(left, _BodyTimeout):
-                return read(size)
+            return self._timed(super().read(length))
         except _BodyTimeout:
             self.expired = True
             raise
+
+    def readline(self, size=None):
+        if self.expired:
+            raise _BodyTimeout()
+        try:
+            return self._timed(super().readline(size))
+        except _BodyTimeout:
+            self.expired = True
+            raise
+
+    def _timed(self, data: bytes) -> bytes:
+        if not data or (not self.chunked_input and self.position >= (self.content_length or 0)):
+            self.timer.cancel()   # the whole body is in
+        return data
 
     def _discard(self):
         try:
             super()._discard()
         except _BodyTimeout:
             self.expired = True
+        finally:
+            self.timer.cancel()
 
 
 class _Stopping(Exception):
@@ -141,7 +152,8 @@ class _Server(PyWSGIServer):
 class _Handler(PyWSGIHandler):
     head_timeout = 10.0
     body_timeout = 30.0
-    _head_timer = None
+    _head_timer = None      # gevent.Timeout, one per connection, for the head
+    _body_timer = None      # and one for the body
     _kept_alive = False
 
     def read_requestline(self):
@@ -166,7 +178,9 @@ class _Handler(PyWSGIHandler):
 
     def _requestline_within_head_timeout(self) -> str:
         """Start the head's clock; read_request (the headers) stops it."""
-        self._head_timer = gevent.Timeout.start_new(self.head_timeout, _HeadTimeout)
+        if self._head_timer is None:
+            self._head_timer = gevent.Timeout(self.head_timeout, _HeadTimeout)
+        self._head_timer.start()
         try:
             return super().read_requestline()
         except _HeadTimeout:
@@ -182,9 +196,8 @@ class _Handler(PyWSGIHandler):
         return result
 
     def _stop_head_timer(self) -> None:
-        timer, self._head_timer = self._head_timer, None
-        if timer is not None:
-            timer.close()
+        if self._head_timer is not None:
+            self._head_timer.cancel()
 
     def read_request(self, raw_requestline):
         try:
@@ -228,15 +241,22 @@ class _Handler(PyWSGIHandler):
         body = self.wsgi_input
         bounded = _DeadlineInput(body.rfile, body.content_length, socket=body.socket,
                                  chunked_input=body.chunked_input)
-        bounded.deadline = time.monotonic() + self.body_timeout
+        if self._body_timer is None:
+            self._body_timer = gevent.Timeout(self.body_timeout, _BodyTimeout)
+        bounded.timer = self._body_timer
         bounded.expired = False
+        if body.content_length or body.chunked_input:
+            self._body_timer.start()
         self.wsgi_input = bounded
         if environ.get("wsgi.input") is body:
             environ["wsgi.input"] = bounded
         return environ
 
     def handle_one_response(self):
-        super().handle_one_response()
+        try:
+            super().handle_one_response()
+        finally:
+            self._body_timer.cancel()
         if self.wsgi_input.expired:
             self.close_connection = True  # the rest of a late body is still on its way: no next request
 

@@ -21,7 +21,7 @@ class Pacer:
 
     def __init__(self) -> None:
         self._units = 0
-        self._since = time.monotonic()
+        self._since = 0.0   # set at the first check: most requests never get that far
 
     def rest(self) -> None:
         """Yield now: before a step that cannot yield itself (parsing a large body)."""
@@ -35,6 +35,8 @@ class Pacer:
             return
         self._units = 0
         now = time.monotonic()
-        if now - self._since >= SLICE:
+        if not self._since:
+            self._since = now
+        elif now - self._since >= SLICE:
             gevent.idle()
             self._since = time.monotonic()

@@ -77,39 +77,49 @@ def _cost(data: bytes) -> int:
 
 
 def screen(body: dict, pacer: Pacer) -> None:
-    """Raise a 400 for a forbidden key or too deep nesting; return None for a clean body."""
+    """Raise a 400 for a forbidden key or too deep nesting; return None for a clean body.
+
+    On the hot path for every request: one loop, no call per key or per value.
+    """
     stack: list[tuple[object, tuple, int, bool]] = [(body, (), 1, False)]
+    pop, push = stack.pop, stack.append
+    forbidden, prefixes, schema_keys = FORBIDDEN_KEYS, FORBIDDEN_PREFIXES, _SCHEMA_KEYS
+    seen = 0
     while stack:
-        value, path, depth, exempt = stack.pop()
+        value, path, depth, exempt = pop()
         if depth > MAX_DEPTH:
             raise InvalidRequest(f"The request body is nested more than {MAX_DEPTH} levels deep.",
-                                 param=_dotted(path[:MAX_DEPTH]), code="nesting_too_deep")
-        pacer.tick(len(value))
-        if isinstance(value, dict):
+                                 param=_dotted(path), code="nesting_too_deep")
+        seen += len(value)
+        if type(value) is dict:
             for key, child in value.items():
                 if not exempt:
-                    _check_key(key, path)
-                if type(child) in _CONTAINERS:
+                    name = key.lower()
+                    if "-" in name:
+                        name = name.replace("-", "_")
+                    if name in forbidden or name.startswith(prefixes):
+                        raise _forbidden(path + (key,))
+                kind = type(child)
+                if kind is dict or kind is list:
                     child_path = path + (key,)
-                    stack.append((child, child_path, depth + 1, exempt or _is_schema(child_path)))
+                    push((child, child_path, depth + 1, exempt or (key in schema_keys and _is_schema(child_path))))
         else:
             for index, child in enumerate(value):
-                if type(child) in _CONTAINERS:
-                    stack.append((child, path + (index,), depth + 1, exempt))
+                kind = type(child)
+                if kind is dict or kind is list:
+                    push((child, path + (index,), depth + 1, exempt))
+        if seen > 4096:
+            pacer.tick(seen)
+            seen = 0
 
 
-_CONTAINERS = (dict, list)
+_SCHEMA_KEYS = frozenset({"parameters", "schema"}) | _SCHEMA_TOP_LEVEL
 
 
-def _check_key(key: str, path: tuple) -> None:
-    name = key.lower()
-    if "-" in name:
-        name = name.replace("-", "_")
-    if name in FORBIDDEN_KEYS or name.startswith(FORBIDDEN_PREFIXES):
-        where = _dotted(path + (key,))
-        raise ForbiddenParameter(
-            f"'{where}' is not allowed in a request: upstream URLs, credentials, headers and routing "
-            f"come only from the gateway's config.", param=where)
+def _forbidden(path: tuple) -> ForbiddenParameter:
+    where = _dotted(path)
+    return ForbiddenParameter(f"'{where}' is not allowed in a request: upstream URLs, credentials, headers and "
+                              f"routing come only from the gateway's config.", param=where)
 
 
 def _is_schema(path: tuple) -> bool:

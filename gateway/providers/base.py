@@ -43,14 +43,13 @@ def clean_usage(usage):
     """
     if not isinstance(usage, Mapping):
         return None
-    if all(_is_count(usage.get(key, 0)) for key in _COUNTS):
+    get = usage.get
+    if _is_count(get("prompt_tokens", 0)) and _is_count(get("completion_tokens", 0)) \
+            and _is_count(get("total_tokens", 0)):
         return usage
     counts = Usage.from_openai(usage)
     return {**usage, "prompt_tokens": counts.prompt_tokens, "completion_tokens": counts.completion_tokens,
             "total_tokens": counts.total_tokens}
-
-
-_COUNTS = ("prompt_tokens", "completion_tokens", "total_tokens")
 
 
 def _is_count(value) -> bool:

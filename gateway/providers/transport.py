@@ -175,10 +175,14 @@ class UpstreamResponse:
     def read(self, max_bytes: int = 32 << 20, deadline: float | None = None) -> bytes:
         """The whole body, or 502 past `max_bytes` and 504 past `deadline` (the connection is dropped)."""
         raw, parts, size = self.raw, [], 0
+        # A plain body of known length is read in one call of exactly its size
+        # (http.client allocates the whole read size up front); others in slices.
+        exact = raw.length_remaining is not None and not raw.headers.get("content-encoding")
         try:
             with upstream_errors(self.where), within(deadline, self.where):
                 while True:
-                    data = raw.read(WHOLE_READ_SIZE, decode_content=True)
+                    left = raw.length_remaining if exact else None
+                    data = raw.read(min(left, max_bytes + 1) if left else WHOLE_READ_SIZE, decode_content=True)
                     if not data:
                         break
                     size += len(data)
@@ -186,6 +190,8 @@ class UpstreamResponse:
                         raise BadUpstreamResponse(f"the upstream answer is larger than the gateway accepts "
                                                   f"({max_bytes >> 20} MB, {self.where})")
                     parts.append(data)
+                    if exact and raw.length_remaining == 0:
+                        break
         except BaseException:
             self.close()
             raise
