@@ -91,24 +91,19 @@ class _DeadlineInput(Input):
     __slots__ = ("timer", "expired")
 
     def read(self, length=None):
-        if self.expired:
-            raise _BodyTimeout()
-        try:
-            return self._timed(super().read(length))
-        except _BodyTimeout:
-            self.expired = True
-            raise
+        return self._timed(super().read, length)
 
     def readline(self, size=None):
+        return self._timed(super().readline, size)
+
+    def _timed(self, read, size) -> bytes:
         if self.expired:
             raise _BodyTimeout()
         try:
-            return self._timed(super().readline(size))
+            data = read(size)
         except _BodyTimeout:
             self.expired = True
             raise
-
-    def _timed(self, data: bytes) -> bytes:
         if not data or (not self.chunked_input and self.position >= (self.content_length or 0)):
             self.timer.cancel()   # the whole body is in
         return data
