@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 
 import orjson
 
-from ..errors import (BadUpstreamResponse, ContextLengthExceeded, GatewayError, UpstreamAuthFailed,
+from ..errors import (RETRY_AFTER_MAX, BadUpstreamResponse, ContextLengthExceeded, GatewayError, UpstreamAuthFailed,
                       UpstreamClientError, UpstreamFailed, UpstreamRateLimited, UpstreamTimeout)
 from ..redact import Redactor
 from ..types import Completion, Deployment, ModelRequest, Usage
@@ -34,7 +34,6 @@ ENDPOINTS = ("chat/completions", "completions", "embeddings")
 MAX_BODY = {"chat/completions": 32 << 20, "completions": 32 << 20, "embeddings": 256 << 20}
 MAX_ERROR_BODY = 1 << 20
 MAX_EVENT = 4 << 20
-RETRY_AFTER_MAX = 300.0
 
 # How OpenAI-compatible servers say "prompt longer than the context window" when
 # they send no `context_length_exceeded` code (vLLM, llama.cpp, TGI-based hosts).
@@ -182,10 +181,12 @@ class OpenAICompatibleAdapter:
                     return
                 chunk = self._parse_chunk(payload, where)
                 usage = chunk.get("usage")
-                if usage is not None and clean_usage(usage) is not usage:
-                    chunk["usage"] = clean_usage(usage)
-                    if chunk["usage"] is None:
+                cleaned = usage if usage is None else clean_usage(usage)
+                if cleaned is not usage:
+                    if cleaned is None:
                         del chunk["usage"]
+                    else:
+                        chunk["usage"] = cleaned
                     payload = orjson.dumps(chunk)   # the only chunks ever re-encoded: bad usage
                 if not chunk.get("choices") and not chunk.get("usage"):
                     # nothing for the client: a content-filter preamble or similar
