@@ -38,5 +38,4 @@ class Pacer:
         if not self._since:
             self._since = now
         elif now - self._since >= SLICE:
-            gevent.idle()
-            self._since = time.monotonic()
+            self.rest()

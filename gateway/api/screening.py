@@ -15,7 +15,7 @@ JSON holds so many values that parsing alone would stall the worker.
 from __future__ import annotations
 
 from ..errors import ForbiddenParameter, InvalidRequest
-from .cooperative import Pacer
+from .cooperative import CHECK_EVERY, Pacer
 
 MAX_DEPTH = 64   # arrays and objects; real requests (JSON Schemas included) stay far below
 
@@ -60,13 +60,10 @@ def check_parse_cost(raw: bytes, pacer: Pacer) -> None:
         pieces = plain[start:start + _WINDOW].split(b'"')
         outside.append(b"".join(pieces[1 if inside_string else 0::2]))
         inside_string ^= (len(pieces) - 1) % 2 == 1
-        pacer.tick(CHECK_EVERY_WINDOW)
+        pacer.tick(CHECK_EVERY)   # a window is a check's worth of work
     if _cost(b"".join(outside)) > PARSE_BUDGET_NS:
         raise InvalidRequest("The request body holds more JSON values than the gateway parses in one request.",
                              code="too_many_values")
-
-
-CHECK_EVERY_WINDOW = 1 << 16
 
 
 def _cost(data: bytes) -> int:

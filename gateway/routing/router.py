@@ -15,7 +15,7 @@ import random
 import time
 from typing import Callable, TypeVar
 
-from ..errors import GatewayError, ModelNotFound, UpstreamTimeout
+from ..errors import GatewayError, ModelNotFound
 from ..types import Deployment, RouterSettings
 from . import policy
 from .selection import simple_shuffle
@@ -90,6 +90,5 @@ class Router:
                 cap = deployment.max_retries
                 if not policy.retry_same_deployment(error) or (cap is not None and attempts[deployment.id] > cap):
                     excluded.add(deployment.id)
-        if last_error is None:  # pragma: no cover - the loop always makes one attempt
-            raise UpstreamTimeout(f"no attempt could be made on `{model}` in time")
+        assert last_error is not None  # the first attempt is always made
         raise last_error
