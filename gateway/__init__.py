@@ -1,6 +1,6 @@
 """Shin Gateway: an OpenAI-compatible LLM gateway.
 
-create_app() builds settings → adapters → Router → Service and registers the
+create_app() builds settings → adapters → state → Router → Service and registers the
 API; nothing is built at import time, so two configurations can live in one
 process and tests need no monkeypatching.
 """
@@ -16,6 +16,7 @@ def create_app(config_path: str | os.PathLike | None = None, settings=None):
     from flask import Flask
 
     from . import api
+    from .health import HealthChecker
     from .keys import KeyChecker
     from .logging import install as install_logging
     from .providers import build_adapters, load_config
@@ -32,7 +33,14 @@ def create_app(config_path: str | os.PathLike | None = None, settings=None):
     if not keys.auth_enabled:
         log.warning("no master_key is set: the gateway serves without authentication")
     adapters = build_adapters(settings.deployments, pool_maxsize=settings.worker_connections, redactor=redactor)
-    service = Service(settings, keys, Router(settings.deployments, settings.router), adapters)
+    state = _router_state(settings, log)
+    router = Router(settings.deployments, settings.router, state)
+    health = HealthChecker(settings.deployments, adapters, state, router.note_probe, log,
+                           background=settings.background_health_checks)
+    if settings.background_health_checks:
+        import gevent
+        gevent.spawn(health.run_background, settings.health_check_interval)
+    service = Service(settings, keys, router, adapters, state, health)
 
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_body_bytes
@@ -41,3 +49,20 @@ def create_app(config_path: str | os.PathLike | None = None, settings=None):
     app.extensions["gateway"] = service
     api.register(app, settings.cors_allow_origins)
     return app
+
+
+def _router_state(settings, log):
+    """The master's shared segment when there is one (gunicorn), else this process's own; Redis on top."""
+    from .store.shared_memory import SharedMemoryState
+
+    state = None
+    if settings.state_fd is not None:
+        try:
+            state = SharedMemoryState.open(settings.state_fd)
+        except (OSError, ValueError) as exc:
+            log.warning("shared router state unavailable (%s): this worker keeps its own", exc)
+    state = state or SharedMemoryState.private()
+    if settings.redis_url:
+        from .store.redis_state import RedisState
+        state = RedisState(state, settings.redis_url, log)
+    return state

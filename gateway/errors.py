@@ -15,7 +15,9 @@ class GatewayError(Exception):
     type = "api_error"
     code: str | None = "internal_error"
     retryable = False  # may another attempt (same or sibling deployment) succeed?
+    counts_as_failure = True  # of the deployment, towards its cooldown (when retryable)
     should_retry_client = None  # value of `x-should-retry`, None = let the client decide
+    extra_headers: dict | None = None  # set by the service: which deployments the call tried
 
     def __init__(self, message: str, *, param: str | None = None, code: str | None = None,
                  retry_after: float | None = None, status: int | None = None, type: str | None = None):
@@ -42,6 +44,8 @@ class GatewayError(Exception):
             headers["Retry-After"] = "1"  # the contract promises one on every 429 and 503
         if self.should_retry_client is not None:
             headers["x-should-retry"] = "true" if self.should_retry_client else "false"
+        if self.extra_headers:
+            headers.update(self.extra_headers)
         return headers
 
 
@@ -125,6 +129,12 @@ class ContextLengthExceeded(UpstreamClientError):
     code = "context_length_exceeded"
 
 
+class ContentPolicyViolation(UpstreamClientError):
+    """The upstream's content filter refused the request (`content_policy_fallbacks` may try another)."""
+    status = 400
+    code = "content_policy_violation"
+
+
 class UpstreamRateLimited(GatewayError):
     status = 429
     type = "rate_limit_error"
@@ -140,14 +150,18 @@ class UpstreamFailed(GatewayError):
 
 
 class BadUpstreamResponse(UpstreamFailed):
-    retryable = False
-    should_retry_client = False
+    """An answer that is not a valid OpenAI response: another deployment may answer properly."""
 
 
 class UpstreamAuthFailed(UpstreamFailed):
     """The gateway's own upstream credentials are wrong: the client cannot fix it."""
     code = "upstream_auth_error"
     should_retry_client = False
+
+
+class UpstreamCredentialsMissing(UpstreamAuthFailed):
+    """The config names a credential the environment lacks: nobody was called, so nothing to cool."""
+    counts_as_failure = False
 
 
 class UpstreamTimeout(GatewayError):
@@ -157,8 +171,10 @@ class UpstreamTimeout(GatewayError):
 
 
 class NoHealthyDeployment(GatewayError):
+    """Every deployment of a group is cooling down: its fallbacks may still answer."""
     status = 503
     code = "no_healthy_deployment"
+    retryable = True
 
 
 class ServiceUnavailable(GatewayError):

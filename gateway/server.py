@@ -12,7 +12,8 @@ import multiprocessing
 import sys
 
 from .providers import load_config
-from .settings import ConfigError, config_path_from_env, remember_validated, validated_text
+from .settings import ConfigError, config_path_from_env, ensure_state_segment, remember_validated, validated_text
+from .store.shared_memory import create_segment
 
 PORT = 4000
 WORKER_CONNECTIONS = 1000
@@ -33,6 +34,9 @@ def gunicorn_settings() -> dict:
         settings = load_config(path, text=validated_text())
     else:
         remember_validated(text)
+    # Made before the first fork and kept across reloads: cooldowns and
+    # in-flight counts survive a SIGHUP, and every worker shares one segment.
+    ensure_state_segment(create_segment)
     host = "0.0.0.0" if settings.master_key else "127.0.0.1"
     conf = {
         "bind": [f"{host}:{PORT}"],

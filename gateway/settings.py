@@ -22,12 +22,11 @@ DEFAULT_CONFIG = "config/config.yaml"
 VALIDATED_TEXT_ENV = "SHIN_GATEWAY_CONFIG_TEXT"
 ROUTING_STRATEGIES = ("simple-shuffle", "least-busy", "latency-based-routing", "usage-based-routing")
 MODES = ("chat", "embedding", "completion")
+FALLBACK_KEYS = ("fallbacks", "context_window_fallbacks", "content_policy_fallbacks")
 # Keys whose `os.environ/NAME` must resolve, or the gateway would serve open.
 FAIL_CLOSED_KEYS = (("general_settings", "master_key"), ("general_settings", "metrics_token"))
-NOT_ACTED_ON = ("model_list.rpm", "model_list.tpm", "router_settings.allowed_fails",
-                "router_settings.cooldown_time", "litellm_settings.drop_params",
-                "general_settings.database_url", "general_settings.redis_url", "general_settings.metrics_token",
-                "general_settings.background_health_checks", "general_settings.health_check_interval")
+NOT_ACTED_ON = ("litellm_settings.drop_params", "general_settings.database_url", "general_settings.metrics_token")
+STATE_FD_ENV = "SHIN_GATEWAY_STATE_FD"   # the shared router state the gunicorn master made (server.py)
 HEAD_TIMEOUT = 10.0   # seconds for a request line and headers to arrive
 BODY_TIMEOUT = 30.0   # seconds for the body to arrive once the head has
 
@@ -92,6 +91,12 @@ class RouterSettingsSchema(_Strict):
     cooldown_time = fields.Float(validate=_non_negative, load_default=5.0)
     fallbacks = fields.List(fields.Dict(keys=fields.String(), values=fields.List(fields.String())),
                             load_default=list)
+    context_window_fallbacks = fields.List(fields.Dict(keys=fields.String(), values=fields.List(fields.String())),
+                                           load_default=list)
+    content_policy_fallbacks = fields.List(fields.Dict(keys=fields.String(), values=fields.List(fields.String())),
+                                           load_default=list)
+    default_fallbacks = fields.List(fields.String(), load_default=list)
+    max_fallbacks = fields.Integer(strict=True, validate=_non_negative, load_default=5)
 
 
 class LitellmSettingsSchema(_Strict):
@@ -136,6 +141,7 @@ class Settings:
     background_health_checks: bool = False
     health_check_interval: float = 300.0
     worker_connections: int = 1000
+    state_fd: int | None = None     # shared-memory router state inherited from the gunicorn master
     secrets: tuple[str, ...] = field(default=(), repr=False)   # every credential, for redaction
     warnings: tuple[str, ...] = ()
 
@@ -151,6 +157,12 @@ def config_path_from_env(explicit: str | os.PathLike | None = None) -> Path:
 def remember_validated(text: str) -> None:
     """Hand the text the gunicorn master validated to the workers it forks."""
     os.environ[VALIDATED_TEXT_ENV] = text
+
+
+def ensure_state_segment(create) -> None:
+    """In the gunicorn master, once: make the shared router state the workers it forks inherit."""
+    if not os.environ.get(STATE_FD_ENV):
+        os.environ[STATE_FD_ENV] = str(create())
 
 
 def validated_text() -> str | None:
@@ -271,10 +283,6 @@ def _not_acted_on(raw: dict) -> tuple[str, ...]:
             if isinstance(container, dict) and key in container:
                 present.append(dotted)
                 break
-    strategy = (raw.get("router_settings") or {}).get("routing_strategy") if isinstance(
-        raw.get("router_settings"), dict) else None
-    if strategy not in (None, "simple-shuffle"):
-        present.append(f"router_settings.routing_strategy={strategy} (simple-shuffle is used)")
     if not present:
         return ()
     return (f"accepted but not acted on in this release: {', '.join(present)} (docs/configuration.md)",)
@@ -335,12 +343,17 @@ def _build(config_path: Path, data: dict, lines: dict, providers, needs_api_base
         seen_ids.add(deployment.id)
         deployments.append(deployment)
     names = {d.model_name for d in deployments}
-    for i, rule in enumerate(router["fallbacks"]):
-        for group, targets in rule.items():
-            for name in [group, *targets]:
-                if name not in names:
-                    line = _line_for(("router_settings", "fallbacks", i), lines)
-                    errors.append(f"  line {line}: router_settings.fallbacks.{i}: unknown model_name '{name}'")
+    for key in FALLBACK_KEYS:
+        for i, rule in enumerate(router[key]):
+            for group, targets in rule.items():
+                for name in [group, *targets]:
+                    if name not in names:
+                        line = _line_for(("router_settings", key, i), lines)
+                        errors.append(f"  line {line}: router_settings.{key}.{i}: unknown model_name '{name}'")
+    for i, name in enumerate(router["default_fallbacks"]):
+        if name not in names:
+            line = _line_for(("router_settings", "default_fallbacks", i), lines)
+            errors.append(f"  line {line}: router_settings.default_fallbacks.{i}: unknown model_name '{name}'")
     if errors:
         raise ConfigError("\n".join([f"{config_path}: invalid config:", *errors]))
     secrets = [d.api_key for d in deployments] + [v for d in deployments for v in d.aws.values()]
@@ -353,7 +366,10 @@ def _build(config_path: Path, data: dict, lines: dict, providers, needs_api_base
             routing_strategy=router["routing_strategy"], num_retries=router["num_retries"],
             timeout=router["timeout"], allowed_fails=router["allowed_fails"],
             cooldown_time=router["cooldown_time"],
-            fallbacks=tuple((g, tuple(t)) for rule in router["fallbacks"] for g, t in rule.items())),
+            fallbacks=_rules(router["fallbacks"]),
+            context_window_fallbacks=_rules(router["context_window_fallbacks"]),
+            content_policy_fallbacks=_rules(router["content_policy_fallbacks"]),
+            default_fallbacks=tuple(router["default_fallbacks"]), max_fallbacks=router["max_fallbacks"]),
         drop_params=litellm["drop_params"],
         master_key=general["master_key"] or None,
         database_url=_database_url(general["database_url"], config_path),
@@ -364,6 +380,7 @@ def _build(config_path: Path, data: dict, lines: dict, providers, needs_api_base
         background_health_checks=general["background_health_checks"],
         health_check_interval=general["health_check_interval"],
         worker_connections=_int_env(env, "SHIN_GATEWAY_WORKER_CONNECTIONS", 1000),
+        state_fd=_int_env(env, STATE_FD_ENV, -1) if env.get(STATE_FD_ENV) else None,
         secrets=tuple(sorted({s for s in secrets if s and len(s) >= 4}, key=len, reverse=True)),
         warnings=tuple(f"environment variable {name} is not set or empty" for name in dict.fromkeys(missing.values())),
     )
@@ -385,7 +402,7 @@ def _deployment(index: int, entry: dict, default_timeout: float, lines: dict, un
         timeout=params.get("timeout") or default_timeout,
         stream_timeout=params.get("stream_timeout"),
         max_retries=params.get("max_retries"),
-        weight=params.get("weight") or 1.0,
+        weight=params.get("weight"),
         rpm=params.get("rpm"), tpm=params.get("tpm"),
         organization=params.get("organization"), api_version=params.get("api_version"),
         extra_headers=dict(params.get("extra_headers") or {}), aws=aws,
@@ -396,6 +413,10 @@ def _deployment(index: int, entry: dict, default_timeout: float, lines: dict, un
         line=lines.get(("model_list", index)),
         unset_env=unset_env,
     )
+
+
+def _rules(rules: list[dict]) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    return tuple((group, tuple(targets)) for rule in rules for group, targets in rule.items())
 
 
 def _first(params: dict, info: dict, key: str) -> float:

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterator, Mapping, Protocol
+from typing import Iterator, Mapping, NamedTuple, Protocol, Sequence
 
 
 @dataclass(frozen=True, slots=True)
@@ -17,7 +17,7 @@ class Deployment:
     timeout: float = 600.0
     stream_timeout: float | None = None
     max_retries: int | None = None
-    weight: float = 1.0
+    weight: float | None = None   # None: not set in the config (simple-shuffle then uses rpm/tpm)
     rpm: int | None = None
     tpm: int | None = None
     organization: str | None = None
@@ -44,6 +44,10 @@ class RouterSettings:
     allowed_fails: int = 3
     cooldown_time: float = 5.0
     fallbacks: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    context_window_fallbacks: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    content_policy_fallbacks: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    default_fallbacks: tuple[str, ...] = ()
+    max_fallbacks: int = 5
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +114,17 @@ class ChunkStream(Protocol):
     def close(self) -> None: ...
 
 
+@dataclass(slots=True)
+class Trace:
+    """What the router did for one call, filled in as it goes: the `x-litellm-*` headers read it."""
+    started: float = 0.0            # time.monotonic() when the request arrived
+    model_group: str = ""           # the group that served (a fallback's when one did)
+    deployment_id: str = ""
+    retries: int = 0                # attempts beyond the first, in each group tried
+    fallbacks: int = 0              # fallback groups tried
+    upstream_seconds: float = 0.0   # inside upstream attempts and backoff waits
+
+
 @dataclass(frozen=True, slots=True)
 class Principal:
     """Who is calling: the master key, a virtual key, or anyone when auth is off."""
@@ -119,3 +134,45 @@ class Principal:
 
     def may_use(self, model: str) -> bool:
         return self.models is None or model in self.models
+
+
+# --- what every worker (and, with Redis, every instance) must agree on ----------------------
+
+@dataclass(frozen=True, slots=True)
+class Cooldown:
+    """A deployment (or any named entity) taken out of rotation until `until` (time.time())."""
+    until: float
+    kind: str                   # "rate_limit" | "auth" | "failure": what the client is told when all cool
+    retry_after: float | None = None   # the upstream's own value, when it gave one
+
+
+class EntityStats(NamedTuple):
+    """One name's counters, added up over workers (a tuple: built on every routed call)."""
+    in_flight: int = 0
+    requests: int = 0           # started this calendar minute
+    tokens: int = 0             # recorded this calendar minute
+    latency: float | None = None   # moving average, seconds, whole answers
+    ttft: float | None = None      # moving average, seconds to the first token of streams
+    cooldown: Cooldown | None = None
+
+
+class RouterState(Protocol):
+    """Counters and cooldowns by name (deployment ids for the router; later key hashes too).
+
+    The hot-path methods (begin, end, add_tokens, observe_latency, stats) never wait on
+    another process or server; failures and cooldowns may take a lock.
+    """
+    backend: str
+
+    def begin(self, name: str) -> None: ...
+    def end(self, name: str) -> None: ...
+    def add_tokens(self, name: str, tokens: int) -> None: ...
+    def observe_latency(self, name: str, seconds: float, first_token: bool) -> None: ...
+    def stats(self, names: Sequence[str]) -> list[EntityStats]: ...
+    def record_failure(self, name: str, threshold: int, cooldown: Cooldown) -> Cooldown | None: ...
+    def cool(self, name: str, cooldown: Cooldown) -> None: ...
+    def claim_probe(self, interval: float) -> bool: ...
+    def publish_health(self, report: bytes) -> None: ...
+    def health_report(self) -> bytes | None: ...
+    def status(self) -> dict[str, str]: ...
+    def close(self) -> None: ...

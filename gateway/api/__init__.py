@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+import time
 import uuid
 
 from flask import Flask, Response, g, request
@@ -11,7 +12,9 @@ from . import chat, completions, embeddings, errorhandlers, health, models
 OPENAI_BLUEPRINTS = (chat.bp, completions.bp, embeddings.bp, models.bp)
 _CLIENT_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")
 EXPOSED_HEADERS = ("x-request-id, retry-after, x-ratelimit-limit-requests, x-ratelimit-remaining-requests, "
-                   "x-ratelimit-limit-tokens, x-ratelimit-remaining-tokens")
+                   "x-ratelimit-limit-tokens, x-ratelimit-remaining-tokens, x-litellm-model-group, "
+                   "x-litellm-model-id, x-litellm-attempted-retries, x-litellm-attempted-fallbacks, "
+                   "x-litellm-response-duration-ms, x-litellm-overhead-duration-ms")
 
 
 def register(app: Flask, cors_allow_origins: tuple[str, ...]) -> None:
@@ -26,6 +29,7 @@ def register(app: Flask, cors_allow_origins: tuple[str, ...]) -> None:
 
 
 def _before():
+    g.started = time.monotonic()
     client_id = request.headers.get("x-request-id")
     g.request_id = client_id if client_id and _CLIENT_REQUEST_ID.match(client_id) else uuid.uuid4().hex
     if request.method == "OPTIONS":

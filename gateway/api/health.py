@@ -1,10 +1,21 @@
-"""Liveness and readiness probes (no auth: load balancers and systemd call them)."""
+"""Liveness and readiness probes (no auth: load balancers and systemd call them), and the
+master-only `GET /health`, which probes every deployment."""
 from flask import Blueprint
 
-from .auth import service
+from ..errors import PermissionDenied
+from .auth import authenticated, service
 from .streaming import json_response
 
 bp = Blueprint("health", __name__)
+
+
+@bp.get("/health")
+@authenticated
+def health(principal):
+    """Which deployments answer: model names, deployment ids and bases, never a credential."""
+    if not principal.is_master:
+        raise PermissionDenied("Only the master key may see deployment health.", code="master_key_required")
+    return json_response(service().health())
 
 
 @bp.get("/health/liveliness")
@@ -15,6 +26,5 @@ def liveliness():
 
 @bp.get("/health/readiness")
 def readiness():
-    checks = service().readiness()
-    ready = all(state == "ok" for state in checks.values())
-    return json_response({"status": "ready" if ready else "not ready", "checks": checks}, 200 if ready else 503)
+    ready, body = service().readiness()
+    return json_response(body, 200 if ready else 503)

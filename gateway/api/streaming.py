@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import logging
 import socket
+import time
 
 import gevent
 import orjson
-from flask import Response, request
+from flask import Response, g, request
 from gevent import GreenletExit
 
 from ..errors import GatewayError, UpstreamFailed
-from ..types import ChunkStream, ModelRequest, Principal
+from ..types import ChunkStream, ModelRequest, Principal, Trace
 from .auth import service
 
 log = logging.getLogger("gateway.streaming")
@@ -32,20 +33,40 @@ def respond(principal: Principal, call: ModelRequest) -> Response:
     so an abandoned request spends no more upstream tokens.
     """
     watcher = _watch_client(request.environ)
-    if not call.stream:
-        try:
-            return json_response(service().run(principal, call).body)
-        finally:
-            _stop(watcher)
+    trace = Trace(started=g.get("started") or time.monotonic())
+    streaming = False
     try:
-        stream = service().run(principal, call)
-    except BaseException:
-        _stop(watcher)
+        answer = service().run(principal, call, trace)
+        streaming = call.stream
+    except GatewayError as error:
+        error.extra_headers = routing_headers(trace)
         raise
+    finally:
+        if not streaming:   # a stream's watcher lives until the stream ends
+            _stop(watcher)
+    if not streaming:
+        return json_response(answer.body, headers=routing_headers(trace))
     # direct_passthrough: our bytes go to the server as they are, without
     # werkzeug's per-chunk encoding and closing wrappers.
-    return Response(_events(stream, watcher), mimetype="text/event-stream", headers=SSE_HEADERS,
-                    direct_passthrough=True)
+    return Response(_events(answer, watcher), mimetype="text/event-stream",
+                    headers={**SSE_HEADERS, **routing_headers(trace)}, direct_passthrough=True)
+
+
+def routing_headers(trace: Trace) -> dict[str, str]:
+    """The peer's `x-litellm-*` headers: which deployment served, after how many retries and fallbacks.
+
+    Overhead is the gateway's own time: the whole so far minus the time spent
+    inside upstream attempts and backoff waits.
+    """
+    elapsed_ms = (time.monotonic() - trace.started) * 1000
+    headers = {"x-litellm-attempted-retries": str(trace.retries),
+               "x-litellm-attempted-fallbacks": str(trace.fallbacks),
+               "x-litellm-response-duration-ms": str(int(elapsed_ms)),
+               "x-litellm-overhead-duration-ms": str(max(0, int(elapsed_ms - trace.upstream_seconds * 1000)))}
+    if trace.model_group:
+        headers["x-litellm-model-group"] = trace.model_group
+        headers["x-litellm-model-id"] = trace.deployment_id
+    return headers
 
 
 def json_response(body: dict, status: int = 200, headers: dict | None = None) -> Response:

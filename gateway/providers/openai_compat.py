@@ -17,8 +17,8 @@ from urllib.parse import urlsplit
 
 import orjson
 
-from ..errors import (RETRY_AFTER_MAX, BadUpstreamResponse, ContextLengthExceeded, GatewayError, UpstreamAuthFailed,
-                      UpstreamClientError, UpstreamFailed, UpstreamRateLimited, UpstreamTimeout)
+from ..errors import (RETRY_AFTER_MAX, BadUpstreamResponse, ContentPolicyViolation, ContextLengthExceeded, GatewayError,
+                      UpstreamAuthFailed, UpstreamClientError, UpstreamFailed, UpstreamRateLimited, UpstreamTimeout)
 from ..redact import Redactor
 from ..types import Completion, Deployment, ModelRequest, Usage
 from . import OPENAI_COMPATIBLE_BASES
@@ -37,6 +37,8 @@ MAX_EVENT = 4 << 20
 
 # How OpenAI-compatible servers say "prompt longer than the context window" when
 # they send no `context_length_exceeded` code (vLLM, llama.cpp, TGI-based hosts).
+# OpenAI's code for a refused prompt, and Azure OpenAI's content filter's.
+CONTENT_POLICY_CODES = ("content_policy_violation", "content_filter")
 CONTEXT_WINDOW_SIGNALS = (
     "maximum context length",
     "context length exceeded",
@@ -246,6 +248,8 @@ class OpenAICompatibleAdapter:
             lowered = message.lower()
             if code == "context_length_exceeded" or any(s in lowered for s in CONTEXT_WINDOW_SIGNALS):
                 return ContextLengthExceeded(message, param="messages")
+            if code in CONTENT_POLICY_CODES:
+                return ContentPolicyViolation(message)
             param = error.get("param") if isinstance(error.get("param"), str) else None
             return UpstreamClientError(message, status=status, param=param, code=code,
                                        type=error.get("type") if isinstance(error.get("type"), str) else None)

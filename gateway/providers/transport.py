@@ -193,6 +193,10 @@ class UpstreamResponse:
                     if exact and raw.length_remaining == 0:
                         break
         except BaseException:
+            # The error's traceback keeps this frame alive while the router
+            # retries elsewhere: it must not keep what was read with it.
+            parts.clear()
+            data = None
             self.close()
             raise
         self.content = parts[0] if len(parts) == 1 else b"".join(parts)

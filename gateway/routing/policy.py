@@ -1,11 +1,12 @@
 """The one retry table and the one backoff rule of the gateway."""
 from __future__ import annotations
 
-from ..errors import GatewayError, UpstreamAuthFailed
+import random
+
+from ..errors import ContentPolicyViolation, ContextLengthExceeded, GatewayError, UpstreamAuthFailed
 
 BACKOFF_BASE = 0.25      # seconds before the 2nd attempt on the same deployment
 BACKOFF_CAP = 2.0
-RETRY_AFTER_CAP = 5.0    # an upstream asking for longer is not waited for inside a request
 
 
 def is_retryable(error: GatewayError) -> bool:
@@ -18,8 +19,23 @@ def retry_same_deployment(error: GatewayError) -> bool:
     return not isinstance(error, UpstreamAuthFailed)
 
 
-def backoff(retry_number: int, error: GatewayError) -> float | None:
-    """Seconds to wait before retrying the same deployment; None = do not retry it."""
+def backoff(retry_number: int, error: GatewayError, remaining: float, rng: random.Random) -> float | None:
+    """Seconds to wait before retrying the same deployment; None = do not retry it.
+
+    The upstream's Retry-After is honoured whenever it fits in what is left of
+    the call's deadline; otherwise exponential backoff with jitter, so that
+    workers retrying the same upstream do not do it in step.
+    """
     if error.retry_after is not None:
-        return error.retry_after if error.retry_after <= RETRY_AFTER_CAP else None
-    return min(BACKOFF_BASE * 2 ** retry_number, BACKOFF_CAP)
+        return error.retry_after if error.retry_after < remaining else None
+    delay = min(BACKOFF_BASE * 2 ** retry_number, BACKOFF_CAP) * (0.5 + rng.random() / 2)
+    return delay if delay < remaining else None
+
+
+def fallback_kind(error: GatewayError) -> str | None:
+    """Which fallback list an error calls for: "context_window", "content_policy", "general" or none."""
+    if isinstance(error, ContextLengthExceeded):
+        return "context_window"
+    if isinstance(error, ContentPolicyViolation):
+        return "content_policy"
+    return "general" if is_retryable(error) else None

@@ -79,6 +79,7 @@ def standard_config(upstream: FakeUpstream) -> str:
     return textwrap.dedent("model_list:" + "".join(entries)) + textwrap.dedent(f"""
         router_settings:
           num_retries: 1
+          cooldown_time: 0      # each test sees its own failures; cooldowns: test_router*.py
         general_settings:
           master_key: {MASTER_KEY}
           max_request_body_mb: 1
@@ -103,7 +104,7 @@ def quiet_config(base_url: str, models: dict[str, str], *, stream_timeout: float
       model: mock/shin-mock
 router_settings:
   num_retries: 0
-  allowed_fails: 1000000
+  cooldown_time: 0
 general_settings:
   master_key: {MASTER_KEY}{limit}
 """

@@ -164,11 +164,12 @@ def fault_config(upstream: FaultUpstream) -> str:
               api_key: os.environ/TEST_UPSTREAM_KEY
               timeout: 10
               stream_timeout: 10""")
-    # allowed_fails high: no row cools its deployment down, so upstream attempts count exactly
+    # cooldown_time 0: no row cools its deployment down (not even a long Retry-After or a 401),
+    # so upstream attempts count exactly; cooldowns have their own tests (test_router*.py)
     return textwrap.dedent("model_list:" + "".join(entries)) + textwrap.dedent(f"""
         router_settings:
           num_retries: 1
-          allowed_fails: 1000
+          cooldown_time: 0
         general_settings:
           master_key: {MASTER_KEY}
         """)

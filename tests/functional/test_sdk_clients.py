@@ -329,16 +329,16 @@ def test_upstream_500_is_502_internal_server_error(client, wire):
 
 
 def test_sdk_retries_obey_x_should_retry(gateway, upstream, wire):
-    """With the SDK's default retries, a 502 the gateway marks `x-should-retry: false` (an upstream
-    answer that is not JSON) is asked once; a plain upstream 5xx is retried by the SDK."""
+    """With the SDK's default retries, a 502 the gateway marks `x-should-retry: false` (the upstream
+    rejected the gateway's own credentials) is asked once; a plain upstream 5xx is retried by the SDK."""
     with openai.OpenAI(api_key=MASTER_KEY, base_url=f"{gateway.url}/v1", max_retries=1,
                        timeout=TIMEOUT) as retrying:
-        before = upstream.count("garbage")
+        before = upstream.count("status-401")
         with pytest.raises(openai.InternalServerError) as caught:
-            retrying.chat.completions.create(model="garbage", messages=[{"role": "user", "content": "x"}])
+            retrying.chat.completions.create(model="fail-401", messages=[{"role": "user", "content": "x"}])
         assert caught.value.status_code == 502
         assert caught.value.response.headers.get("x-should-retry") == "false"
-        assert upstream.count("garbage") - before == 1
+        assert upstream.count("status-401") - before == 1, "401 is never retried on the same deployment"
         assert len(wire.exchanges) == 1
 
         before = upstream.count("status-503")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
-CONTRACTS = ("api", "providers", "routing", "foundation")      # setup.cfg [importlinter:contract:*]
+CONTRACTS = ("api", "providers", "routing", "foundation", "store")      # setup.cfg [importlinter:contract:*]
 
 
 def _tool(name: str) -> str:
@@ -67,12 +67,14 @@ def test_each_contract_breaks_on_a_forbidden_import(tmp_path):
     _add_import(root, "gateway/providers/sse.py", "import gateway.service")
     _add_import(root, "gateway/routing/selection.py", "import gateway.settings")
     _add_import(root, "gateway/types.py", "import flask")
+    _add_import(root, "gateway/store/shared_memory.py", "import gateway.routing.policy")
     broken = _lint_imports(root)
 
     assert broken.returncode == 1, broken.stdout + broken.stderr
     assert f"Contracts: 0 kept, {len(CONTRACTS)} broken." in broken.stdout, broken.stdout
     for planted in ("gateway.api.models -> gateway.routing.policy", "gateway.providers.sse -> gateway.service",
-                    "gateway.routing.selection -> gateway.settings", "gateway.types -> flask"):
+                    "gateway.routing.selection -> gateway.settings", "gateway.types -> flask",
+                    "gateway.store.shared_memory -> gateway.routing.policy"):
         assert planted in broken.stdout, f"{planted!r} not reported:\n{broken.stdout}"
 
 

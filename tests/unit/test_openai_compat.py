@@ -199,10 +199,11 @@ def test_completion_is_returned_with_the_client_model_name_and_usage(adapter, de
     (b'{"choices": [', "application/json"),
 ])
 def test_a_200_that_is_not_an_openai_answer_is_a_bad_upstream_response(adapter, dep, wire, body, content_type):
+    """Retryable, per the contract: another deployment may well answer properly."""
     wire.add(responses.POST, CHAT_URL, body=body, content_type=content_type)
     with pytest.raises(BadUpstreamResponse) as info:
         adapter.complete(dep, chat_request())
-    assert (info.value.status, info.value.code, info.value.retryable) == (502, "upstream_error", False)
+    assert (info.value.status, info.value.code, info.value.retryable) == (502, "upstream_error", True)
 
 
 # --- upstream statuses → GatewayErrors ------------------------------------------------------------

@@ -103,7 +103,8 @@ def test_full_contract_example_loads(load, tmp_path):
     assert (first.input_cost_per_token, first.output_cost_per_token) == (0.00000088, 0.00000099)
     assert first.line == 2 and second.line == 18
     assert second.timeout == 45                                    # router_settings.timeout is the default
-    assert second.api_key is None and second.max_retries is None and second.weight == 1.0
+    assert second.api_key is None and second.max_retries is None
+    assert second.weight is None    # unset: simple-shuffle then weighs by rpm/tpm
     assert second.id != third.id
     router = settings.router
     assert (router.num_retries, router.timeout, router.allowed_fails, router.cooldown_time) == (4, 45, 7, 30)
@@ -118,9 +119,10 @@ def test_full_contract_example_loads(load, tmp_path):
     assert {"sk-upstream-aaaa", "sk-master-bbbb", "metrics-cccc"} <= set(settings.secrets)
     (warning,) = settings.warnings     # said at start, never accepted silently
     assert warning.startswith("accepted but not acted on in this release: ")
-    for key in ("model_list.rpm", "model_list.tpm", "router_settings.allowed_fails", "router_settings.cooldown_time",
-                "litellm_settings.drop_params", "general_settings.metrics_token"):
+    for key in ("litellm_settings.drop_params", "general_settings.metrics_token"):
         assert key in warning
+    for key in ("rpm", "tpm", "allowed_fails", "cooldown_time", "redis_url", "health_check"):   # the router acts on them
+        assert key not in warning
 
 
 def test_secrets_never_appear_in_repr(load):
@@ -134,7 +136,7 @@ def test_secrets_never_appear_in_repr(load):
 def test_defaults(load, tmp_path):
     settings = load(MINIMAL)
     (mock,) = settings.deployments
-    assert (mock.provider, mock.upstream_model, mock.mode, mock.weight) == ("mock", "shin-mock", "chat", 1.0)
+    assert (mock.provider, mock.upstream_model, mock.mode, mock.weight) == ("mock", "shin-mock", "chat", None)
     assert mock.timeout == 600.0                                   # litellm_settings.request_timeout
     router = settings.router
     assert (router.routing_strategy, router.num_retries, router.allowed_fails) == ("simple-shuffle", 2, 3)
