@@ -58,10 +58,22 @@ def gunicorn_settings() -> dict:
         # every instance on the host; the gateway does not use it.
         "control_socket_disable": True,
         "raw_env": [f"SHIN_GATEWAY_WORKER_CONNECTIONS={WORKER_CONNECTIONS}"],
+        "worker_exit": _close_service,
     }
     if not settings.master_key:
         conf["when_ready"] = _refuse_open_keyless
     return conf
+
+
+def _close_service(server, worker) -> None:
+    """In a worker on its way out: give back its router-state slot and close its pools."""
+    app = getattr(worker, "wsgi", None)
+    service = getattr(app, "extensions", {}).get("gateway") if app is not None else None
+    if service is not None:
+        try:
+            service.close()
+        except Exception:  # noqa: BLE001 - the worker is exiting either way
+            server.log.exception("closing the gateway service failed")
 
 
 def _refuse_open_keyless(server) -> None:

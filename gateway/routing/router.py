@@ -51,6 +51,9 @@ class Router:
         self._wall = wall
         self._timeouts = {name: max(d.timeout for d in group) for name, group in self._groups.items()}
         self._ids = {name: [d.id for d in group] for name, group in self._groups.items()}
+        # Name every deployment to the state now: a shared backend then learns
+        # their cooldowns before this worker routes its first request.
+        state.stats([d.id for d in deployments])
 
     @property
     def model_names(self) -> tuple[str, ...]:

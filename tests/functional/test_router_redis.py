@@ -1,0 +1,209 @@
+"""Two gateway instances (2 gevent workers each) sharing Redis: a cooldown caused through one holds in the
+other, and a Redis that stops leaves both serving on their local state, saying so in /health/readiness.
+
+Deployment ids carry a random suffix per run, so runs (and other suites using the
+same Redis on 127.0.0.1:6379) never share keys. A "weight: 10000" deployment is
+its group's first choice, so an instance that did not know of the cooldown would
+call it on nearly every request.
+"""
+from __future__ import annotations
+
+import re
+import subprocess
+import time
+import uuid
+
+import pytest
+import redis
+import requests
+import yaml
+
+from .conftest import MASTER_KEY
+from .gateway_process import free_port
+from .router_wire import ENV, Fakes, chat, deployment, pin_workers, routing
+
+SHARED_REDIS = "redis://127.0.0.1:6379/0"
+PASSWORD = "redis-s3cret-pw-5t6u"
+FIRST = 10000
+COOLDOWN = 3.0
+UNREACHABLE = re.compile(r"unreachable since \S+: \S.*, serving on local state")
+
+
+@pytest.fixture
+def fakes():
+    made = Fakes()
+    yield made
+    made.stop()
+
+
+@pytest.fixture
+def private_redis(tmp_path):
+    """A redis-server of this test's own (with a password), which the test stops and starts again."""
+    server = _RedisServer(tmp_path)
+    yield server.start()
+    server.stop()
+
+
+class _RedisServer:
+    def __init__(self, folder):
+        self.port = free_port()
+        self.folder = folder
+        self.url = f"redis://:{PASSWORD}@127.0.0.1:{self.port}/0"
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> "_RedisServer":
+        self.process = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--daemonize", "no", "--requirepass", PASSWORD, "--dir", str(self.folder)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                with redis.Redis.from_url(self.url, socket_timeout=0.5) as connection:
+                    if connection.ping():
+                        return self
+            except redis.RedisError:
+                time.sleep(0.05)
+        raise RuntimeError(f"redis-server on port {self.port} did not come up")
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+
+
+def config(redis_url: str, flaky, steady, run: str) -> str:
+    """Group "shared": flaky-<run> (first choice) and steady-<run>; one retry, so a call still succeeds."""
+    return yaml.safe_dump({
+        "model_list": [deployment("shared", f"flaky-{run}", flaky, weight=FIRST),
+                       deployment("shared", f"steady-{run}", steady, weight=1)],
+        "router_settings": {"num_retries": 1, "allowed_fails": 2, "cooldown_time": COOLDOWN},
+        "general_settings": {"master_key": MASTER_KEY, "redis_url": redis_url},
+    }, sort_keys=False)
+
+
+def served_by(response) -> str:
+    return routing(response.headers)["x-litellm-model-id"]
+
+
+def readiness(gateway) -> tuple[int, dict]:
+    """One readiness answer, on a fresh connection (so either worker may give it)."""
+    response = requests.get(f"{gateway.url}/health/readiness", headers={"Connection": "close"}, timeout=5)
+    return response.status_code, response.json()
+
+
+def settled_readiness(gateway, check, timeout: float = 5.0, answers: int = 8) -> list[tuple[int, dict]]:
+    """Wait until `answers` readiness answers in a row satisfy `check` (every worker agrees); return them."""
+    deadline = time.monotonic() + timeout
+    streak: list[tuple[int, dict]] = []
+    while time.monotonic() < deadline and len(streak) < answers:
+        answer = readiness(gateway)
+        streak = streak + [answer] if check(answer[1]) else []
+        if not streak:
+            time.sleep(0.1)
+    assert len(streak) >= answers, f"readiness never settled: last answer {answer}"
+    return streak
+
+
+def test_a_cooldown_caused_through_one_instance_holds_in_the_other(fakes, start_gateway):
+    run = uuid.uuid4().hex[:10]
+    flaky, steady = fakes(2)
+    text = config(SHARED_REDIS, flaky, steady, run)
+    first, second = start_gateway(text, env=ENV), start_gateway(text, env=ENV)
+    a_workers = [connections[0] for connections in pin_workers(first)]
+    b_workers = [connections[0] for connections in pin_workers(second)]
+    try:
+        for gateway in (first, second):
+            status, body = readiness(gateway)
+            assert status == 200 and body["state_backend"] == "redis" and body["checks"]["redis"] == "ok", body
+        for connection in b_workers:     # B serves the group: its first choice is the flaky deployment
+            response, body = connection.post(chat("shared"))
+            assert response.status == 200 and served_by(response) == f"flaky-{run}", body
+        assert flaky.count() == 2
+
+        flaky.misbehave("status-500")
+        for connection in a_workers:     # one failure in each of A's workers: allowed_fails (2) reached
+            response, body = connection.post(chat("shared"))
+            assert response.status == 200, body
+            assert served_by(response) == f"steady-{run}"
+            assert response.headers["x-litellm-attempted-retries"] == "1"
+        assert flaky.count() == 4
+        cooled_at = flaky.times()[-1]
+        flaky.heal()                     # it would answer now: only the cooldown keeps calls away from it
+        time.sleep(0.3)                  # a few sync ticks
+
+        calls = 0
+        while time.monotonic() < cooled_at + COOLDOWN - 1.0:
+            for connection in b_workers:
+                response, body = connection.post(chat("shared"))
+                assert response.status == 200, body
+                assert served_by(response) == f"steady-{run}", \
+                    f"instance B's worker {connection.pid} called a deployment that instance A cooled"
+                calls += 1
+        assert flaky.count() == 4, "a cooling deployment got calls from instance B"
+        assert calls >= 6, f"only {calls} calls during the cooldown: the machine is too slow for this test"
+
+        time.sleep(max(0.0, cooled_at + COOLDOWN + 0.4 - time.monotonic()))
+        for connection in b_workers + a_workers:
+            response, body = connection.post(chat("shared"))
+            assert response.status == 200, body
+            assert served_by(response) == f"flaky-{run}", f"worker {connection.pid}: no calls after the cooldown"
+        assert flaky.count() == 8
+    finally:
+        for connection in a_workers + b_workers:
+            connection.close()
+
+
+def test_redis_stopped_mid_test_leaves_both_instances_serving_on_local_state(fakes, start_gateway, private_redis):
+    run = uuid.uuid4().hex[:10]
+    flaky, steady = fakes(2)
+    text = config(private_redis.url, flaky, steady, run)
+    gateways = [start_gateway(text, env=ENV), start_gateway(text, env=ENV)]
+    for gateway in gateways:
+        pin_workers(gateway)[0][0].close()      # both workers are up
+        settled_readiness(gateway, lambda body: body["checks"].get("redis") == "ok")
+
+    private_redis.stop()
+    seen_status = set()
+    for gateway in gateways:
+        answers = settled_readiness(gateway, lambda body: UNREACHABLE.fullmatch(body["checks"].get("redis", "")))
+        seen_status |= {status for status, _ in answers}
+        assert all(body["state_backend"] == "redis" for _, body in answers)
+        assert all(PASSWORD not in str(body) for _, body in answers)
+    # The contract answers 503 while a configured Redis is unusable; the detail above is what this file checks.
+    print(f"readiness status while Redis is down: {sorted(seen_status)}")
+
+    for gateway in gateways:
+        for _ in range(10):
+            started = time.monotonic()
+            response = requests.post(f"{gateway.url}/v1/chat/completions", json=chat("shared"), timeout=10,
+                                     headers={"Authorization": f"Bearer {MASTER_KEY}", "Connection": "close"})
+            assert response.status_code == 200, response.text
+            assert time.monotonic() - started < 1.0, "a request waited on the stopped Redis"
+
+    # Cooldowns still work inside each instance: two failures through A's workers cool flaky in both of them.
+    a_workers = [connections[0] for connections in pin_workers(gateways[0])]
+    try:
+        flaky.misbehave("status-500")
+        for connection in a_workers:
+            response, body = connection.post(chat("shared"))
+            assert response.status == 200 and served_by(response) == f"steady-{run}", body
+        failed = flaky.count()
+        flaky.heal()
+        for connection in a_workers:
+            response, body = connection.post(chat("shared"))
+            assert response.status == 200 and served_by(response) == f"steady-{run}", body
+        assert flaky.count() == failed
+    finally:
+        for connection in a_workers:
+            connection.close()
+
+    private_redis.start()
+    for gateway in gateways:
+        settled_readiness(gateway, lambda body: body["checks"].get("redis") == "ok")
+        status, body = readiness(gateway)
+        assert status == 200, body
+        logs = gateway.logs()
+        assert logs.count("is unreachable") == 2, logs       # one warning per worker, for the whole outage
+        assert logs.count("is reachable again") == 2, logs
+        assert PASSWORD not in logs
