@@ -107,9 +107,11 @@ class Router:
         clock = self._clock
         deadline = clock() + self._timeouts[model]
         attempts: dict[str, int] = {}
+        errors: dict[str, GatewayError] = {}       # each deployment's last, for its own backoff
         excluded: set[str] = set()
         last_error: GatewayError | None = None
-        for retry_number in range(1 + self._num_retries):
+        made = 0
+        while made < 1 + self._num_retries:      # each pass attempts, excludes a deployment, or stops
             ids = [i for i in self._ids[model] if i not in excluded]
             if not ids:
                 break
@@ -118,8 +120,9 @@ class Router:
                 break
             fresh = [c for c in candidates if c[0].id not in attempts]
             deployment = self._pick(fresh or candidates, self._rng, stream)
-            if deployment.id in attempts and last_error is not None:
-                delay = policy.backoff(retry_number - 1, last_error, deadline - clock(), self._rng)
+            if deployment.id in errors:
+                delay = policy.backoff(attempts[deployment.id] - 1, errors[deployment.id], deadline - clock(),
+                                       self._rng)
                 if delay is None:
                     excluded.add(deployment.id)
                     continue
@@ -127,8 +130,9 @@ class Router:
                 trace.upstream_seconds += delay
             if last_error is not None and clock() >= deadline:
                 break
-            if attempts:
+            if made:
                 trace.retries += 1
+            made += 1
             attempts[deployment.id] = attempts.get(deployment.id, 0) + 1
             self._state.begin(deployment.id)
             started = clock()
@@ -144,7 +148,7 @@ class Router:
                     self._state.observe_latency(deployment.id, elapsed, stream)
                 if error.counts_as_failure:
                     self._cooldowns.failed(deployment, error, deadline - clock())
-                last_error = error
+                last_error = errors[deployment.id] = error
                 cap = deployment.max_retries
                 if not policy.retry_same_deployment(error) or (cap is not None and attempts[deployment.id] > cap):
                     excluded.add(deployment.id)

@@ -135,7 +135,7 @@ class SharedMemoryState:
         now = self.clock()
         minute = int(now // 60)
         words, segment, unpack = self._words, self._segment, _CELL_FIELDS.unpack_from
-        slots = [s for s in range(words[_H_SLOT_HIGH]) if words[_SLOT_BASE + s]]
+        slots = range(words[_H_SLOT_HIGH])    # freed slots too: a gone worker's requests this minute count
         out = []
         for name in names:
             row = self._rows.get(name)

@@ -6,7 +6,8 @@ received, how many TCP connections it accepted and when a client hung up, so
 tests can assert at the upstream's side of the gateway.
 
 The upstream model name picks the behaviour (see `_SCENARIOS` and `_handle_chat`):
-  status-<code>[-<kind>]   answer that HTTP status with an OpenAI error body
+  status-<code>[-<kind>]   answer that HTTP status with an OpenAI error body (kind `context`:
+                           context_length_exceeded; kind `policy`: content_policy_violation)
   hang-<seconds>           wait, then answer (to trip the gateway's timeout)
   garbage                  200 with a body that is not JSON
   fixture-<name>           replay tests/reference/fixtures/openai/chat-stream-<name>.sse
@@ -15,6 +16,15 @@ The upstream model name picks the behaviour (see `_SCENARIOS` and `_handle_chat`
   stream-cut-<n>           stream n chunks, then drop the connection
   stream-stall-<n>         stream n chunks, then go silent for 5 s before the rest
   anything else            an answer that echoes the last user message
+
+Knobs, for tests that put several fake upstreams behind one gateway (the router's):
+  delay                    seconds to wait before answering a chat/completions call (before
+                           the status line, so for a stream it is the time to the first byte)
+  misbehave(name, times)   answer the next `times` calls (None: every call until `heal()`) as
+                           if their upstream model were `name` (one of the scenarios above)
+  retry_after              the Retry-After header of status answers (default: "1" on 429 only)
+  active_streams           streams being written right now; `peak_streams` the most at once
+  count()                  requests received, all models (count(model): that model's)
 """
 from __future__ import annotations
 
@@ -36,6 +46,12 @@ class FakeUpstream:
         self.requests: list[dict] = []
         self.connections = 0
         self.hangups: list[float] = []          # when a streaming client went away (monotonic)
+        self.delay = 0.0
+        self.retry_after: str | None = None
+        self.active_streams = 0
+        self.peak_streams = 0
+        self._behaviour: str | None = None
+        self._behaviour_left: int | None = None
         self.lock = threading.Lock()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
         self.server.daemon_threads = True
@@ -62,9 +78,44 @@ class FakeUpstream:
         assert matching, f"the upstream received no request for {model!r}"
         return matching[-1]
 
-    def count(self, model: str) -> int:
+    def count(self, model: str | None = None) -> int:
         with self.lock:
+            if model is None:
+                return len(self.requests)
             return sum(1 for r in self.requests if (r["body"] or {}).get("model") == model)
+
+    def times(self) -> list[float]:
+        """When each request arrived (monotonic), in order."""
+        with self.lock:
+            return [r["at"] for r in self.requests]
+
+    def misbehave(self, scenario: str, times: int | None = None) -> "FakeUpstream":
+        """Answer the next `times` calls (None: all, until `heal`) as the upstream model `scenario`."""
+        with self.lock:
+            self._behaviour, self._behaviour_left = scenario, times
+        return self
+
+    def heal(self) -> "FakeUpstream":
+        with self.lock:
+            self._behaviour, self._behaviour_left = None, None
+        return self
+
+    def _scenario(self, model: str) -> str:
+        """The scenario this call gets: the misbehaviour set by the test, else its own model name."""
+        with self.lock:
+            if self._behaviour is None:
+                return model
+            scenario = self._behaviour
+            if self._behaviour_left is not None:
+                self._behaviour_left -= 1
+                if self._behaviour_left <= 0:
+                    self._behaviour, self._behaviour_left = None, None
+            return scenario
+
+    def _stream_started(self, delta: int) -> None:
+        with self.lock:
+            self.active_streams += delta
+            self.peak_streams = max(self.peak_streams, self.active_streams)
 
 
 def _handler_for(upstream: FakeUpstream):
@@ -118,6 +169,9 @@ class _Handler(BaseHTTPRequestHandler):
             return self._embeddings(body)
         if self.path not in ("/v1/chat/completions", "/v1/completions"):
             return self._json(404, _error(f"no route {self.path}", "invalid_request_error"))
+        model = self.upstream._scenario(model)
+        if self.upstream.delay and self._client_gone(self.upstream.delay):
+            return  # the gateway hung up while we made it wait
         if model.startswith("status-"):
             return self._status(model)
         if model.startswith("hang-") and self._client_gone(float(model.split("-")[1])):
@@ -138,6 +192,9 @@ class _Handler(BaseHTTPRequestHandler):
         if kind == "context":
             body = _error("This model's maximum context length is 8192 tokens. However, you requested "
                           "9000 tokens.", "invalid_request_error", param="messages", code="context_length_exceeded")
+        elif kind == "policy":
+            body = _error("Your request was rejected as a result of our safety system.", "invalid_request_error",
+                          code="content_policy_violation")
         elif status == 429:
             body = _error("Rate limit reached for requests", "requests", code="rate_limit_exceeded")
         elif status in (401, 403):
@@ -148,8 +205,8 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             body = _error(f"Invalid parameter: upstream says no ({status}).", "invalid_request_error",
                           param="temperature", code="invalid_value")
-        headers = {"Retry-After": "1"} if status == 429 else {}
-        self._json(status, body, headers)
+        retry_after = self.upstream.retry_after or ("1" if status == 429 else None)
+        self._json(status, body, {"Retry-After": retry_after} if retry_after else {})
 
     def _embeddings(self, body: dict):
         import base64
@@ -166,6 +223,13 @@ class _Handler(BaseHTTPRequestHandler):
                          "usage": {"prompt_tokens": 3 * len(inputs), "total_tokens": 3 * len(inputs)}})
 
     def _stream(self, model: str, body: dict, legacy: bool):
+        self.upstream._stream_started(+1)
+        try:
+            self._stream_events(model, body, legacy)
+        finally:
+            self.upstream._stream_started(-1)
+
+    def _stream_events(self, model: str, body: dict, legacy: bool):
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream; charset=utf-8")
         self.send_header("Transfer-Encoding", "chunked")
