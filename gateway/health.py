@@ -21,7 +21,7 @@ from urllib.parse import urlsplit, urlunsplit
 import gevent
 import orjson
 
-from .errors import GatewayError, UpstreamAuthFailed, UpstreamTimeout
+from .errors import GatewayError, UpstreamCredentialsMissing, UpstreamTimeout
 from .types import Deployment, ModelRequest, RouterState
 
 PROBE_TIMEOUT_CAP = 30.0        # seconds: a probe never waits longer unless health_check_timeout says so
@@ -111,7 +111,7 @@ class HealthChecker:
     def _call(self, deployment: Deployment) -> GatewayError | None:
         if deployment.unset_env:
             names = ", ".join(deployment.unset_env)
-            return UpstreamAuthFailed(f"the gateway has no upstream credentials for deployment {deployment.id}: "
+            return UpstreamCredentialsMissing(f"the gateway has no upstream credentials for deployment {deployment.id}: "
                                       f"environment variable {names} is not set")
         budget = probe_timeout(deployment)
         # The deployment as the adapter sees it: its own timeouts cut to the probe's budget, so

@@ -548,6 +548,125 @@ def test_latency_is_measured_per_kind_of_call():
     assert (stats.latency, stats.ttft) == (pytest.approx(2.0), pytest.approx(0.5))
 
 
+# --- strategies through the router ---------------------------------------------------------------
+
+class Timed(Upstreams):
+    """Each deployment id takes its own number of seconds on the clock."""
+
+    def __init__(self, clock: Clock, seconds: dict[str, float]):
+        super().__init__()
+        self.clock, self.seconds = clock, seconds
+
+    def __call__(self, d: Deployment, deadline: float | None = None):
+        self.clock.advance(self.seconds[d.id])
+        return super().__call__(d, deadline)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_latency_based_routing_measures_each_then_keeps_to_the_fast_one(stream):
+    clock = Clock()
+    router, state = clocked_router([deployment("slow"), deployment("fast"), deployment("fine")], clock,
+                                   routing_strategy="latency-based-routing")
+    upstreams = Timed(clock, {"slow": 5.0, "fast": 1.0, "fine": 1.05})
+    for _ in range(60):
+        trace = Trace()
+        router.call("g", upstreams, trace, stream=stream)
+        router.finished(trace)
+    assert sorted(upstreams.calls[:3]) == ["fast", "fine", "slow"]      # each measured once first
+    later = Counter(upstreams.calls[3:])
+    assert later["slow"] == 0 and later["fast"] > 15 and later["fine"] > 15
+    measured = state.stats(["slow"])[0]
+    assert (measured.ttft if stream else measured.latency) == pytest.approx(5.0)
+
+
+def test_latency_based_routing_counts_a_timeout_as_slow():
+    clock = Clock()
+    router, state = clocked_router([deployment("a"), deployment("b")], clock, num_retries=1,
+                                   routing_strategy="latency-based-routing")
+
+    def attempt(d, deadline):
+        clock.advance(30.0 if d.id == "a" else 1.0)
+        if d.id == "a":
+            raise UpstreamTimeout("no answer")
+        return f"answer from {d.id}"
+    for _ in range(20):
+        trace = Trace()
+        assert router.call("g", attempt, trace) == "answer from b"
+        router.finished(trace)
+    assert state.stats(["a"])[0].latency == pytest.approx(30.0)
+
+
+def test_usage_based_routing_spreads_by_remaining_rpm():
+    clock = Clock()
+    router, _ = clocked_router([deployment("small", rpm=100), deployment("big", rpm=300)], clock,
+                               routing_strategy="usage-based-routing")
+    upstreams = Upstreams()
+    for _ in range(80):
+        trace = Trace()
+        router.call("g", upstreams, trace)
+        router.finished(trace)
+    assert Counter(upstreams.calls) == {"small": 20, "big": 60}
+
+
+def test_least_busy_routing_avoids_deployments_holding_requests():
+    clock = Clock()
+    router, state = clocked_router([deployment("a"), deployment("b"), deployment("c")], clock,
+                                   routing_strategy="least-busy")
+    upstreams = Upstreams()
+    held = []
+    for _ in range(9):                         # nothing finished: each call goes to the least loaded
+        trace = Trace()
+        router.call("g", upstreams, trace)
+        held.append(trace)
+    assert Counter(upstreams.calls) == {"a": 3, "b": 3, "c": 3}
+    for trace in held:
+        if trace.deployment_id == "b":
+            router.finished(trace)
+    for _ in range(3):
+        router.call("g", upstreams, Trace())
+    assert upstreams.calls[9:] == ["b", "b", "b"]
+
+
+# --- deadlines ---------------------------------------------------------------------------------------
+
+def test_the_deadline_is_the_groups_longest_timeout_and_each_fallback_gets_its_own():
+    clock = Clock()
+    deployments = [deployment("a", timeout=10), deployment("b", timeout=40), deployment("f1", "h", timeout=7)]
+    router, _ = clocked_router(deployments, clock, num_retries=1, fallbacks=(("g", ("h",)),))
+    deadlines = {}
+
+    def attempt(d, deadline):
+        deadlines[d.id] = deadline - clock.monotonic()
+        clock.advance(1)
+        if d.id != "f1":
+            raise UpstreamFailed("down")
+        return "ok"
+    assert router.call("g", attempt, Trace()) == "ok"
+    assert sorted([deadlines["a"], deadlines["b"]]) == [39, 40]      # one deadline for the group's call
+    assert deadlines["f1"] == 7
+
+
+def test_no_retry_starts_after_the_deadline():
+    clock = Clock()
+    router, _ = clocked_router([deployment("a", timeout=30), deployment("b", timeout=30)], clock, num_retries=3)
+    upstreams = Timed(clock, {"a": 31.0, "b": 31.0})
+    upstreams.default = failed
+    with pytest.raises(UpstreamFailed):
+        router.call("g", upstreams, Trace())
+    assert len(upstreams.calls) == 1
+
+
+def test_no_backoff_sleeps_past_the_deadline():
+    clock = Clock()
+    router, _ = clocked_router([deployment("a", timeout=30)], clock, num_retries=3)
+    upstreams = Timed(clock, {"a": 29.95})
+    upstreams.default = failed
+    with pytest.raises(UpstreamFailed):
+        router.call("g", upstreams, Trace())
+    assert upstreams.calls == ["a"] and clock.sleeps == []
+    assert clock.monotonic() <= 30
+
+
 # --- fallback kinds ------------------------------------------------------------------------------
 
 def fallback_router(deployments, **settings):
@@ -670,3 +789,14 @@ def test_a_deployment_that_cannot_be_retried_in_time_does_not_use_up_the_budget(
     upstreams = Upstreams({"a": [UpstreamRateLimited("slow", retry_after=60)] * 5, "b": [failed()]})
     assert router.call("g", upstreams, Trace()) == "answer from b"
     assert Counter(upstreams.calls) == {"a": 1, "b": 2}
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_the_wait_before_retrying_a_deployment_follows_its_own_error(seed):
+    """`a` asked for 1.5 s; `b`'s auth failure in between must not replace that with a jittered backoff."""
+    clock = Clock()
+    router, _ = clocked_router([deployment("a"), deployment("b")], clock, seed=seed, num_retries=2)
+    upstreams = Upstreams({"a": [UpstreamRateLimited("slow", retry_after=1.5)], "b": [UpstreamAuthFailed("key")]})
+    assert router.call("g", upstreams, Trace()) == "answer from a"
+    assert sorted(upstreams.calls) == ["a", "a", "b"] and upstreams.calls[-1] == "a"
+    assert clock.sleeps == [1.5]
