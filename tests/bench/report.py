@@ -200,3 +200,146 @@ def render_comparison(res: Results) -> str:
         b_verdict = "n/a" if b_passed is None else ("PASS" if b_passed else "MISS")
         out.append(f"  {name:<{width}}  {b_measured:<32} {b_verdict:<4}  {measured:<32} {verdict}")
     return "\n".join(out)
+
+
+# --- side by side, one gateway per router configuration (--variants) -----------------------
+
+@dataclass
+class Side:
+    """One gateway's wrk run at one load point."""
+
+    result: WrkResult
+    cpu_ms_per_req: float
+    upstream_cpu_pct: float  # of one core, during this gateway's run
+
+
+@dataclass
+class Measured:
+    """One load point: direct, then every gateway under test, in the order they ran."""
+
+    connections: int
+    direct: WrkResult
+    sides: dict[str, Side]
+    order: list[str]
+
+
+@dataclass
+class VariantResults:
+    command: str
+    label: str  # what the work tree holds
+    variants: list[str]  # in the order given; the first is the reference of every ratio
+    describe: dict[str, str]  # variant -> its deployments, strategy and state backend
+    points: list[Measured]
+    streams_direct: StreamRun
+    streams: dict[str, StreamRun]
+    stream_count: int
+    chunks: int
+    rss_idle: dict[str, int]
+    rss_peak: dict[str, int]
+    first_200: dict[str, float]
+    readiness: dict[str, str]  # after the run
+    served: dict[str, dict[str, int]]  # deployment id -> requests, from a sequential sample
+    workers: int
+    background_cores: float
+    cost_limits: dict[str, float]  # variant -> largest allowed c=64 throughput loss against the first
+
+
+def _pooled(points: list[Measured], connections: int, name: str) -> tuple[float, float]:
+    """Throughput and CPU ms/request of ``name`` over every repeat of ``connections``."""
+    sides = [p.sides[name] for p in points if p.connections == connections]
+    requests = sum(s.result.requests for s in sides)
+    seconds = sum(s.result.seconds for s in sides)
+    cpu = sum(s.cpu_ms_per_req * s.result.requests for s in sides)
+    return _ratio(requests, seconds), _ratio(cpu, requests)
+
+
+def _variant_targets(res: VariantResults) -> list[tuple[str, str, bool | None]]:
+    first = res.variants[0]
+    rows: list[tuple[str, str, bool | None]] = []
+    if not any(p.connections == 64 for p in res.points):
+        return [(f"{name}: c=64 throughput vs {first}", "c=64 not run", None) for name in res.variants[1:]]
+    base, _ = _pooled(res.points, 64, first)
+    for name in res.variants[1:]:
+        rps, _ = _pooled(res.points, 64, name)
+        limit = res.cost_limits[name]
+        ratio = _ratio(rps, base)
+        rows.append((f"{name}: c=64 throughput >= {1 - limit:.2f} x {first}",
+                     f"{rps:,.0f} vs {base:,.0f} req/s = {ratio:.3f}", ratio >= 1 - limit))
+    return rows
+
+
+def render_variants(res: VariantResults) -> str:
+    """Direct and every variant side by side, per load point, ratios against the first variant."""
+    first, names = res.variants[0], res.variants
+    out = [f"$ {res.command}", "", f"code: {res.label}", "variants (ratios are against the first):"]
+    width = max(len(n) for n in names)
+    for name in names:
+        served = ", ".join(f"{k} {v}" for k, v in sorted(res.served[name].items()))
+        out.append(f"  {name:<{width}}  {res.describe[name]}; sequential sample served by: {served}")
+    out.append("")
+    if res.background_cores > NOISY_CORES:
+        out.append(f"WARNING: other processes used {res.background_cores:.2f} cores on average during the run;"
+                   " every figure below is skewed by that load.\n")
+    out.append("Non-streaming POST /v1/chat/completions (wrk; latency in ms; +p50/+p99 = gateway minus direct;"
+               " order = the order the gateways ran in at that point)")
+    head = (f"{'conc':>5} | {'direct rps':>10} {'p50':>6} {'p99':>6} | {'variant':<{width}} | {'rps':>8}"
+            f" {'ratio':>6} | {'p50':>6} {'p99':>7} {'+p50':>7} {'+p99':>7} | {'CPU ms/req':>10}"
+            f" | {'upstr CPU':>9} | {'non-2xx':>7} {'sock err':>8} | order")
+    out += [head, "-" * len(head)]
+    for p in res.points:
+        d, ref = p.direct, p.sides[first].result
+        for i, name in enumerate(names):
+            s = p.sides[name]
+            r = s.result
+            lead = (f"{p.connections:>5} | {d.rps:>10,.0f} {d.p50_ms:>6.2f} {d.p99_ms:>6.2f}" if i == 0
+                    else f"{'':>5} | {'':>10} {'':>6} {'':>6}")
+            out.append(
+                f"{lead} | {name:<{width}} | {r.rps:>8,.0f} {_ratio(r.rps, ref.rps):>6.3f}"
+                f" | {r.p50_ms:>6.2f} {r.p99_ms:>7.2f} {r.p50_ms - d.p50_ms:>+7.2f} {r.p99_ms - d.p99_ms:>+7.2f}"
+                f" | {s.cpu_ms_per_req:>10.3f} | {s.upstream_cpu_pct:>8.0f}% | {r.non2xx:>7} {r.socket_errors:>8}"
+                f" | {p.order.index(name) + 1}/{len(p.order)}")
+    repeated = sorted({p.connections for p in res.points if sum(q.connections == p.connections
+                                                                for q in res.points) > 1})
+    if repeated:
+        out.append("")
+        out.append("Repeated load points pooled (requests / seconds over every repeat; ratio range = lowest and"
+                   " highest per-repeat ratio)")
+        head = (f"{'conc':>5} | {'runs':>4} | {'variant':<{width}} | {'rps':>8} {'ratio':>6} | {'ratio range':>13}"
+                f" | {'CPU ms/req':>10}")
+        out += [head, "-" * len(head)]
+        for c in repeated:
+            runs = [p for p in res.points if p.connections == c]
+            base, _ = _pooled(res.points, c, first)
+            for i, name in enumerate(names):
+                rps, cpu = _pooled(res.points, c, name)
+                ratios = [_ratio(p.sides[name].result.rps, p.sides[first].result.rps) for p in runs]
+                lead = f"{c:>5} | {len(runs):>4}" if i == 0 else f"{'':>5} | {'':>4}"
+                out.append(f"{lead} | {name:<{width}} | {rps:>8,.0f} {_ratio(rps, base):>6.3f}"
+                           f" | {f'{min(ratios):.3f}-{max(ratios):.3f}':>13} | {cpu:>10.3f}")
+    out.append("")
+    out.append(f"Streaming: {res.stream_count} concurrent streams x {res.chunks} content chunks (latency in ms)")
+    head = (f"{'':>{max(width, 6)}} | {'TTFB p50':>8} {'TTFB p99':>8} | {'total s':>7} {'vs direct':>9}"
+            f" | {'complete':>8}")
+    out += [head, "-" * len(head)]
+    direct_total = res.streams_direct.total
+    for name, run in [("direct", res.streams_direct)] + [(n, res.streams[n]) for n in names]:
+        p50, p99 = _ttfb_ms(run)
+        ok = len(run.results) - len(run.failures)
+        vs = "" if name == "direct" else f"{(_ratio(run.total, direct_total) - 1) * 100:+.1f}%"
+        out.append(f"{name:>{max(width, 6)}} | {p50:>8.1f} {p99:>8.1f} | {run.total:>7.3f} {vs:>9}"
+                   f" | {f'{ok}/{len(run.results)}':>8}")
+    out.append("")
+    out.append(f"Gateway processes (master + {res.workers} workers), RSS idle / peak under load;"
+               " time to first 200; readiness after the run:")
+    for name in names:
+        out.append(f"  {name:<{width}} {res.rss_idle[name] / MB:6.1f} MB / {res.rss_peak[name] / MB:6.1f} MB;"
+                   f" {res.first_200[name]:.3f} s; {res.readiness[name]}")
+    out.append(f"Other load on the machine during the run: {res.background_cores:.2f} cores on average")
+    out.append("")
+    out.append("Targets")
+    rows = _variant_targets(res)
+    label = max(len(r[0]) for r in rows)
+    for name, measured, passed in rows:
+        verdict = "n/a" if passed is None else ("PASS" if passed else "MISS")
+        out.append(f"  {name:<{label}}  {measured:<36} {verdict}")
+    return "\n".join(out)

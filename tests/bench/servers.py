@@ -12,6 +12,8 @@ socket so the probe itself costs next to nothing while the gateway boots.
 """
 from __future__ import annotations
 
+import http.client
+import json
 import os
 import shlex
 import socket
@@ -94,11 +96,50 @@ def start_upstream(children: Children, workdir: Path, procs: int, chunks: int, d
     return started
 
 
-def write_config(workdir: Path, upstream_port: int) -> Path:
-    """The one config file every gateway of a run reads (valid for old and new revisions)."""
-    config = workdir / "gateway.yaml"
-    config.write_text(CONFIG_TEMPLATE.format(host=HOST, upstream_port=upstream_port))
+def write_config(workdir: Path, upstream_port: int, text: str | None = None, name: str = "gateway") -> Path:
+    """``<workdir>/<name>.yaml``: by default the one config every gateway of a plain or
+    ``--baseline`` run reads (valid for old and new revisions); ``text`` for a variant's."""
+    config = workdir / f"{name}.yaml"
+    config.write_text(text if text is not None else CONFIG_TEMPLATE.format(host=HOST, upstream_port=upstream_port))
     return config
+
+
+def readiness(port: int) -> str:
+    """The body of ``GET /health/readiness`` (its checks name the router state backend), compact."""
+    conn = http.client.HTTPConnection(HOST, port, timeout=5.0)
+    try:
+        conn.request("GET", "/health/readiness")
+        response = conn.getresponse()
+        body = response.read().decode("utf-8", "replace")
+    except OSError as exc:
+        return f"unreachable: {exc}"
+    finally:
+        conn.close()
+    try:
+        body = json.dumps(json.loads(body), separators=(",", ":"))
+    except ValueError:
+        pass
+    return f"{response.status} {body}"
+
+
+def served_by(port: int, requests: int, body: bytes) -> dict[str, int]:
+    """How many of ``requests`` chat calls each deployment served, by the
+    ``x-litellm-model-id`` response header (``"-"`` when the header is absent)."""
+    counts: dict[str, int] = {}
+    conn = http.client.HTTPConnection(HOST, port, timeout=10.0)
+    headers = {"Authorization": "Bearer bench-master-key", "Content-Type": "application/json"}
+    try:
+        for _ in range(requests):
+            conn.request("POST", "/v1/chat/completions", body=body, headers=headers)
+            response = conn.getresponse()
+            response.read()
+            key = response.getheader("x-litellm-model-id") or "-"
+            if response.status != 200:
+                key = f"HTTP {response.status}"
+            counts[key] = counts.get(key, 0) + 1
+    finally:
+        conn.close()
+    return counts
 
 
 def start_gateway(children: Children, workdir: Path, config: Path, workers: int, cmd_template: str,

@@ -73,10 +73,10 @@ class _RedisServer:
 
 
 def config(redis_url: str, flaky, steady, run: str) -> str:
-    """Group "shared": flaky-<run> (first choice) and steady-<run>; one retry, so a call still succeeds."""
+    """Group "pooled": flaky-<run> (first choice) and steady-<run>; one retry, so a call still succeeds."""
     return yaml.safe_dump({
-        "model_list": [deployment("shared", f"flaky-{run}", flaky, weight=FIRST),
-                       deployment("shared", f"steady-{run}", steady, weight=1)],
+        "model_list": [deployment("pooled", f"flaky-{run}", flaky, weight=FIRST),
+                       deployment("pooled", f"steady-{run}", steady, weight=1)],
         "router_settings": {"num_retries": 1, "allowed_fails": 2, "cooldown_time": COOLDOWN},
         "general_settings": {"master_key": MASTER_KEY, "redis_url": redis_url},
     }, sort_keys=False)
@@ -117,13 +117,13 @@ def test_a_cooldown_caused_through_one_instance_holds_in_the_other(fakes, start_
             status, body = readiness(gateway)
             assert status == 200 and body["state_backend"] == "redis" and body["checks"]["redis"] == "ok", body
         for connection in b_workers:     # B serves the group: its first choice is the flaky deployment
-            response, body = connection.post(chat("shared"))
+            response, body = connection.post(chat("pooled"))
             assert response.status == 200 and served_by(response) == f"flaky-{run}", body
         assert flaky.count() == 2
 
         flaky.misbehave("status-500")
         for connection in a_workers:     # one failure in each of A's workers: allowed_fails (2) reached
-            response, body = connection.post(chat("shared"))
+            response, body = connection.post(chat("pooled"))
             assert response.status == 200, body
             assert served_by(response) == f"steady-{run}"
             assert response.headers["x-litellm-attempted-retries"] == "1"
@@ -135,7 +135,7 @@ def test_a_cooldown_caused_through_one_instance_holds_in_the_other(fakes, start_
         calls = 0
         while time.monotonic() < cooled_at + COOLDOWN - 1.0:
             for connection in b_workers:
-                response, body = connection.post(chat("shared"))
+                response, body = connection.post(chat("pooled"))
                 assert response.status == 200, body
                 assert served_by(response) == f"steady-{run}", \
                     f"instance B's worker {connection.pid} called a deployment that instance A cooled"
@@ -145,7 +145,7 @@ def test_a_cooldown_caused_through_one_instance_holds_in_the_other(fakes, start_
 
         time.sleep(max(0.0, cooled_at + COOLDOWN + 0.4 - time.monotonic()))
         for connection in b_workers + a_workers:
-            response, body = connection.post(chat("shared"))
+            response, body = connection.post(chat("pooled"))
             assert response.status == 200, body
             assert served_by(response) == f"flaky-{run}", f"worker {connection.pid}: no calls after the cooldown"
         assert flaky.count() == 8
@@ -176,7 +176,7 @@ def test_redis_stopped_mid_test_leaves_both_instances_serving_on_local_state(fak
     for gateway in gateways:
         for _ in range(10):
             started = time.monotonic()
-            response = requests.post(f"{gateway.url}/v1/chat/completions", json=chat("shared"), timeout=10,
+            response = requests.post(f"{gateway.url}/v1/chat/completions", json=chat("pooled"), timeout=10,
                                      headers={"Authorization": f"Bearer {MASTER_KEY}", "Connection": "close"})
             assert response.status_code == 200, response.text
             assert time.monotonic() - started < 1.0, "a request waited on the stopped Redis"
@@ -186,12 +186,12 @@ def test_redis_stopped_mid_test_leaves_both_instances_serving_on_local_state(fak
     try:
         flaky.misbehave("status-500")
         for connection in a_workers:
-            response, body = connection.post(chat("shared"))
+            response, body = connection.post(chat("pooled"))
             assert response.status == 200 and served_by(response) == f"steady-{run}", body
         failed = flaky.count()
         flaky.heal()
         for connection in a_workers:
-            response, body = connection.post(chat("shared"))
+            response, body = connection.post(chat("pooled"))
             assert response.status == 200 and served_by(response) == f"steady-{run}", body
         assert flaky.count() == failed
     finally:
