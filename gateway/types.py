@@ -118,7 +118,7 @@ class ChunkStream(Protocol):
 class Trace:
     """What the router did for one call, filled in as it goes: the `x-litellm-*` headers read it."""
     started: float = 0.0            # time.monotonic() when the request arrived
-    model_group: str = ""           # the group that served (a fallback's when one did)
+    model_group: str = ""           # the group that served (a fallback's when one did), else the one asked for
     deployment_id: str = ""
     retries: int = 0                # attempts beyond the first, in each group tried
     fallbacks: int = 0              # fallback groups tried

@@ -65,6 +65,7 @@ def routing_headers(trace: Trace) -> dict[str, str]:
                "x-litellm-overhead-duration-ms": str(max(0, int(elapsed_ms - trace.upstream_seconds * 1000)))}
     if trace.model_group:
         headers["x-litellm-model-group"] = trace.model_group
+    if trace.deployment_id:
         headers["x-litellm-model-id"] = trace.deployment_id
     return headers
 

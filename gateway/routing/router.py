@@ -51,6 +51,7 @@ class Router:
         self._wall = wall
         self._timeouts = {name: max(d.timeout for d in group) for name, group in self._groups.items()}
         self._ids = {name: [d.id for d in group] for name, group in self._groups.items()}
+        self._capped = {d.id for d in deployments if d.rpm is not None or d.tpm is not None}
         # Name every deployment to the state now: a shared backend then learns
         # their cooldowns before this worker routes its first request.
         state.stats([d.id for d in deployments])
@@ -66,6 +67,7 @@ class Router:
         """`attempt(deployment, deadline)` until one succeeds, a client error, or the rules say stop."""
         if model not in self._groups:
             raise ModelNotFound(model)
+        trace.model_group = model     # until a deployment serves: the group asked for
         try:
             return self._call_group(model, attempt, trace, stream)
         except GatewayError as error:
@@ -112,14 +114,17 @@ class Router:
         last_error: GatewayError | None = None
         made = 0
         while made < 1 + self._num_retries:      # each pass attempts, excludes a deployment, or stops
-            ids = [i for i in self._ids[model] if i not in excluded]
-            if not ids:
-                break
-            candidates = self._open(model, group, ids, last_error)
+            if excluded:
+                group = tuple(d for d in group if d.id not in excluded)
+                excluded.clear()
+                if not group:
+                    break
+            candidates = self._open(model, group, last_error)
             if candidates is None:
                 break
-            fresh = [c for c in candidates if c[0].id not in attempts]
-            deployment = self._pick(fresh or candidates, self._rng, stream)
+            if attempts:
+                candidates = [c for c in candidates if c[0].id not in attempts] or candidates
+            deployment = candidates[0][0] if len(candidates) == 1 else self._pick(candidates, self._rng, stream)
             if deployment.id in errors:
                 delay = policy.backoff(attempts[deployment.id] - 1, errors[deployment.id], deadline - clock(),
                                        self._rng)
@@ -164,24 +169,23 @@ class Router:
         assert last_error is not None  # the first pass either attempts or raises
         raise last_error
 
-    def _open(self, model, group, ids, last_error):
+    def _open(self, model, group, last_error):
         """Candidates not cooling and under their rpm/tpm caps; None = stop and raise `last_error`.
 
         With no attempt made yet, a group with nothing open answers for itself:
         by the class of its cooldowns, or 429 when every deployment is at its cap.
         """
-        by_id = {d.id: d for d in group} if len(ids) != len(group) else None
-        deployments = group if by_id is None else [by_id[i] for i in ids]
-        stats = self._state.stats(ids)
-        live = [(d, s) for d, s in zip(deployments, stats, strict=True) if s.cooldown is None]
-        if not live:
+        stats = self._state.stats(self._ids[model] if len(group) == len(self._groups[model]) else
+                                  [d.id for d in group])
+        candidates = [(d, s) for d, s in zip(group, stats, strict=True)
+                      if s.cooldown is None and (d.id not in self._capped or not at_cap(d, s))]
+        if candidates:
+            return candidates
+        if all(s.cooldown is not None for s in stats):
             if last_error is not None:
                 return None
             raise self._cooldowns.unavailable(model, [s.cooldown for s in stats])
-        candidates = [c for c in live if not at_cap(*c)]
-        if not candidates:
-            if last_error is not None:
-                return None
-            raise UpstreamRateLimited(f"every deployment of `{model}` reached its rpm/tpm limit for this minute",
-                                      retry_after=60 - self._wall() % 60)
-        return candidates
+        if last_error is not None:
+            return None
+        raise UpstreamRateLimited(f"every deployment of `{model}` reached its rpm/tpm limit for this minute",
+                                  retry_after=60 - self._wall() % 60)

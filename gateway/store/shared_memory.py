@@ -75,6 +75,7 @@ class SharedMemoryState:
         self._floats = memoryview(segment).cast("d")
         self.clock = clock
         self._rows: dict[str, int] = {}
+        self._cells: dict[str, int] = {}     # name → this worker's cell (word offset)
         self.instance_id = f"{self._words[_H_INSTANCE]:x}"
         self._slot = self._claim_slot()
         self._cell_base = _CELL_BASE + self._slot * ROWS * CELL
@@ -236,10 +237,10 @@ class SharedMemoryState:
     # --- internals ---------------------------------------------------------------------------
 
     def _cell(self, name: str) -> int:
-        row = self._rows.get(name)
-        if row is None:
-            row = self._row(name)
-        return self._cell_base + row * CELL
+        cell = self._cells.get(name)
+        if cell is None:
+            cell = self._cells[name] = self._cell_base + self._row(name) * CELL
+        return cell
 
     def _row(self, name: str) -> int:
         row = self._rows.get(name)

@@ -488,13 +488,14 @@ def test_trace_counts_fallbacks_and_the_retries_of_each_group():
     assert trace.upstream_seconds == pytest.approx(6.0 + sum(clock.sleeps))
 
 
-def test_trace_of_a_failed_call_names_no_deployment():
+def test_trace_of_a_failed_call_names_the_group_asked_for_and_no_deployment():
     clock = Clock()
-    router, _ = clocked_router([deployment("a")], clock, num_retries=1)
+    router, _ = clocked_router([deployment("a"), deployment("f1", "f")], clock, num_retries=1,
+                               fallbacks=(("g", ("f",)),))
     trace = Trace()
     with pytest.raises(UpstreamFailed):
         router.call("g", Upstreams(default=failed), trace)
-    assert (trace.model_group, trace.deployment_id, trace.retries, trace.fallbacks) == ("", "", 1, 0)
+    assert (trace.model_group, trace.deployment_id, trace.retries, trace.fallbacks) == ("g", "", 2, 1)
 
 
 def test_in_flight_goes_up_during_an_attempt_and_down_after_a_failure():
