@@ -157,9 +157,9 @@ class RedisState:
             if theirs is None and cooldown is None:
                 out.append(mine)
                 continue
-            if cooldown is not None and (cooldown.until <= now or (
-                    mine.cooldown is not None and mine.cooldown.until >= cooldown.until)):
-                cooldown = mine.cooldown
+            if cooldown is None or cooldown.until <= now or (
+                    mine.cooldown is not None and mine.cooldown.until >= cooldown.until):
+                cooldown = mine.cooldown        # the longer of this instance's and the others'
             out.append(_combine(mine, theirs, minute, cooldown) if theirs else mine._replace(cooldown=cooldown))
         return out
 

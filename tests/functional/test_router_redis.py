@@ -9,21 +9,18 @@ call it on nearly every request.
 from __future__ import annotations
 
 import re
-import subprocess
 import time
 import uuid
 
 import pytest
-import redis
 import requests
 import yaml
 
 from .conftest import MASTER_KEY
-from .gateway_process import free_port
+from .redis_server import PASSWORD, RedisServer
 from .router_wire import ENV, Fakes, chat, deployment, pin_workers, routing
 
 SHARED_REDIS = "redis://127.0.0.1:6379/0"
-PASSWORD = "redis-s3cret-pw-5t6u"
 FIRST = 10000
 COOLDOWN = 3.0
 UNREACHABLE = re.compile(r"unreachable since \S+: \S.*, serving on local state")
@@ -39,37 +36,9 @@ def fakes():
 @pytest.fixture
 def private_redis(tmp_path):
     """A redis-server of this test's own (with a password), which the test stops and starts again."""
-    server = _RedisServer(tmp_path)
+    server = RedisServer(tmp_path)
     yield server.start()
     server.stop()
-
-
-class _RedisServer:
-    def __init__(self, folder):
-        self.port = free_port()
-        self.folder = folder
-        self.url = f"redis://:{PASSWORD}@127.0.0.1:{self.port}/0"
-        self.process: subprocess.Popen | None = None
-
-    def start(self) -> "_RedisServer":
-        self.process = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--daemonize", "no", "--requirepass", PASSWORD, "--dir", str(self.folder)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                with redis.Redis.from_url(self.url, socket_timeout=0.5) as connection:
-                    if connection.ping():
-                        return self
-            except redis.RedisError:
-                time.sleep(0.05)
-        raise RuntimeError(f"redis-server on port {self.port} did not come up")
-
-    def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(timeout=10)
 
 
 def config(redis_url: str, flaky, steady, run: str) -> str:

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import logging
 import re
-import socket
-import subprocess
 import time
 import uuid
 
@@ -23,9 +21,10 @@ import redis
 from gateway.store.redis_state import PREFIX, STALE, WORKER_TTL, RedisState
 from gateway.store.shared_memory import SharedMemoryState
 from gateway.types import Cooldown
+from tests.functional.gateway_process import free_port
+from tests.functional.redis_server import PASSWORD, RedisServer
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
-PASSWORD = "redis-s3cret-pw-7q8r"
 LOGGER = "tests.redis_state"
 UNREACHABLE = re.compile(r"unreachable since \d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+00:00: \S.*, serving on local state")
 
@@ -70,44 +69,8 @@ def exchange(*states: RedisState) -> None:
         assert state.sync()
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def in_future(seconds: float, kind: str = "failure", retry_after: float | None = None) -> Cooldown:
     return Cooldown(time.time() + seconds, kind, retry_after)
-
-
-class RedisServer:
-    """A redis-server of the test's own, with a password, which the test stops and starts again."""
-
-    def __init__(self, folder):
-        self.port = free_port()
-        self.folder = folder
-        self.url = f"redis://:{PASSWORD}@127.0.0.1:{self.port}/0"
-        self.process: subprocess.Popen | None = None
-
-    def start(self) -> "RedisServer":
-        self.process = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--daemonize", "no", "--requirepass", PASSWORD, "--dir", str(self.folder)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                with redis.Redis.from_url(self.url, socket_timeout=0.5) as connection:
-                    if connection.ping():
-                        return self
-            except redis.RedisError:
-                time.sleep(0.05)
-        raise RuntimeError(f"redis-server on port {self.port} did not come up")
-
-    def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(timeout=10)
 
 
 @pytest.fixture
@@ -161,6 +124,19 @@ def test_a_cooldown_set_by_one_instance_holds_in_the_other(instance, name, clien
     exchange(a, b)
     assert b.stats([name])[0].cooldown == cooldown
     assert 28_000 < client.pttl(f"{PREFIX}cool:{name}") <= 30_000
+
+
+def test_a_local_cooldown_holds_while_the_other_instances_counts_are_fresh(instance, name):
+    """With counters from another instance in hand, this instance's own new cooldown must still show
+    at once (not only after the next exchange brings it back from Redis)."""
+    a, b = instance(), instance()
+    b.begin(name)
+    exchange(a, b)
+    assert a.stats([name])[0].in_flight == 1              # b's request, as a sees it
+    cooldown = in_future(30)
+    assert a.record_failure(name, 1, cooldown) == cooldown
+    (stats,) = a.stats([name])
+    assert stats.cooldown == cooldown and stats.in_flight == 1
 
 
 def test_failures_on_two_instances_add_up_to_the_threshold(instance, name, client):
