@@ -12,8 +12,9 @@ import multiprocessing
 import sys
 
 from .providers import load_config
-from .settings import ConfigError, config_path_from_env, ensure_state_segment, remember_validated, validated_text
-from .store.shared_memory import create_segment
+from .settings import (ConfigError, config_path_from_env, ensure_state_segment, remember_validated, state_segment_fd,
+                       validated_text)
+from .store.shared_memory import create_segment, release_worker
 
 PORT = 4000
 WORKER_CONNECTIONS = 1000
@@ -59,6 +60,7 @@ def gunicorn_settings() -> dict:
         "control_socket_disable": True,
         "raw_env": [f"SHIN_GATEWAY_WORKER_CONNECTIONS={WORKER_CONNECTIONS}"],
         "worker_exit": _close_service,
+        "child_exit": _release_router_state,
     }
     if not settings.master_key:
         conf["when_ready"] = _refuse_open_keyless
@@ -74,6 +76,17 @@ def _close_service(server, worker) -> None:
             service.close()
         except Exception:  # noqa: BLE001 - the worker is exiting either way
             server.log.exception("closing the gateway service failed")
+
+
+def _release_router_state(server, worker) -> None:
+    """In the master, after any worker exit (a SIGKILL included): its in-flight counts end with it."""
+    fd = state_segment_fd()
+    if fd is None:
+        return
+    try:
+        release_worker(fd, worker.pid)
+    except (OSError, ValueError):
+        server.log.exception("could not release the router state of worker %s", worker.pid)
 
 
 def _refuse_open_keyless(server) -> None:

@@ -21,6 +21,8 @@ ENV_PREFIX = "os.environ/"
 DEFAULT_CONFIG = "config/config.yaml"
 VALIDATED_TEXT_ENV = "SHIN_GATEWAY_CONFIG_TEXT"
 ROUTING_STRATEGIES = ("simple-shuffle", "least-busy", "latency-based-routing", "usage-based-routing")
+# The peer's other name for the same strategy: its configs carry it, so it is read as ours.
+STRATEGY_ALIASES = {"usage-based-routing-v2": "usage-based-routing"}
 MODES = ("chat", "embedding", "completion")
 FALLBACK_KEYS = ("fallbacks", "context_window_fallbacks", "content_policy_fallbacks")
 # Keys whose `os.environ/NAME` must resolve, or the gateway would serve open.
@@ -84,7 +86,8 @@ class ModelEntrySchema(_Strict):
 
 
 class RouterSettingsSchema(_Strict):
-    routing_strategy = fields.String(validate=validate.OneOf(ROUTING_STRATEGIES), load_default="simple-shuffle")
+    routing_strategy = fields.String(validate=validate.OneOf(ROUTING_STRATEGIES + tuple(STRATEGY_ALIASES)),
+                                     load_default="simple-shuffle")
     num_retries = fields.Integer(strict=True, validate=_non_negative, load_default=2)
     timeout = fields.Float(validate=_positive, allow_none=True, load_default=None)
     allowed_fails = fields.Integer(strict=True, validate=_non_negative, load_default=3)
@@ -163,6 +166,11 @@ def ensure_state_segment(create) -> None:
     """In the gunicorn master, once: make the shared router state the workers it forks inherit."""
     if not os.environ.get(STATE_FD_ENV):
         os.environ[STATE_FD_ENV] = str(create())
+
+
+def state_segment_fd() -> int | None:
+    value = os.environ.get(STATE_FD_ENV)
+    return int(value) if value and value.isdigit() else None
 
 
 def validated_text() -> str | None:
@@ -363,7 +371,8 @@ def _build(config_path: Path, data: dict, lines: dict, providers, needs_api_base
         config_path=config_path,
         deployments=tuple(deployments),
         router=RouterSettings(
-            routing_strategy=router["routing_strategy"], num_retries=router["num_retries"],
+            routing_strategy=STRATEGY_ALIASES.get(router["routing_strategy"], router["routing_strategy"]),
+            num_retries=router["num_retries"],
             timeout=router["timeout"], allowed_fails=router["allowed_fails"],
             cooldown_time=router["cooldown_time"],
             fallbacks=_rules(router["fallbacks"]),

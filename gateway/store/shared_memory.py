@@ -64,6 +64,25 @@ def create_segment() -> int:
     return fd
 
 
+def release_worker(fd: int, pid: int) -> bool:
+    """In the gunicorn master, when a worker exits however it ended (even SIGKILL): free its slot.
+
+    Its requests in flight ended with it; its requests and tokens this minute
+    still count. True when the worker held a slot.
+    """
+    with mmap.mmap(fd, SIZE) as segment:
+        words = memoryview(segment).cast("q")
+        try:
+            with _FileLock(fd):
+                for slot in range(words[_H_SLOT_HIGH]):
+                    if words[_SLOT_BASE + slot] == pid:
+                        _clear_slot(words, slot)
+                        return True
+            return False
+        finally:
+            words.release()
+
+
 class SharedMemoryState:
     """The embedded RouterState: exact across the workers of one instance, nothing across instances."""
     backend = "shared-memory"
@@ -295,18 +314,19 @@ class SharedMemoryState:
             return free
 
     def _release(self, slot: int) -> None:
-        """A gone worker holds nothing in flight; its requests and tokens this minute still count."""
-        base = _CELL_BASE + slot * ROWS * CELL
-        for row in self._used_rows():
-            self._words[base + row * CELL] = 0
-        self._words[_SLOT_BASE + slot] = 0
-
-    def _used_rows(self):
-        words = self._words
-        return [row for row in range(ROWS) if words[_DIR_BASE + row]]
+        _clear_slot(self._words, slot)
 
     def _locked(self):
         return _FileLock(self._fd)
+
+
+def _clear_slot(words: memoryview, slot: int) -> None:
+    """A gone worker holds nothing in flight; its requests and tokens this minute still count."""
+    base = _CELL_BASE + slot * ROWS * CELL
+    for row in range(ROWS):
+        if words[_DIR_BASE + row]:
+            words[base + row * CELL] = 0
+    words[_SLOT_BASE + slot] = 0
 
 
 class _FileLock:

@@ -5,6 +5,8 @@ and rpm caps: a deployment at its cap is skipped by every worker; all at cap →
 """
 from __future__ import annotations
 
+import os
+import signal
 import time
 from collections import Counter
 
@@ -97,6 +99,30 @@ def test_least_busy_counts_the_streams_every_worker_holds(fakes, start_gateway):
     finally:
         for connection in first + second:
             connection.close()
+
+
+def test_a_worker_killed_holding_streams_leaves_nothing_in_flight(fakes, start_gateway):
+    """kill -9 a worker in the middle of three streams: the master frees its share of the shared
+    state, so least-busy does not shun the deployments it was calling for ever after."""
+    upstreams = fakes.named("kill-a", "kill-b")
+    gateway = start_gateway(router_config(*(deployment("killed", name, fake, "slow-100-100")
+                                            for name, fake in upstreams.items()),
+                                          routing_strategy="least-busy"), env=ENV)
+    doomed, other = pin_workers(gateway, per_worker=3)
+    for connection in other:
+        connection.close()
+    for connection in doomed:
+        assert connection.send(chat("killed", stream=True)).status == 200
+    assert sorted(fake.active_streams for fake in upstreams.values()) == [1, 2]
+    pid = doomed[0].pid
+    os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: pid not in gateway.worker_pids() and len(gateway.worker_pids()) == 2, timeout=15)
+    wait_for(lambda: sum(fake.active_streams for fake in upstreams.values()) == 0)
+    for connection in doomed:
+        connection.close()
+    served = Counter(routing(r.headers)["x-litellm-model-id"]
+                     for r in send_many(gateway, [chat("killed")] * 12, threads=1, fresh=True))
+    assert set(served) == set(upstreams), f"the dead worker's streams still count as in flight: {dict(served)}"
 
 
 def test_latency_based_sends_less_to_a_slow_deployment(fakes, start_gateway):

@@ -455,3 +455,28 @@ def test_a_provider_without_a_default_base_needs_api_base(tmp_path):
     with pytest.raises(ConfigError) as error:
         load_config(path)
     assert "line 2: model_list.0.litellm_params.api_base: required for provider 'hosted_vllm'" in str(error.value)
+
+
+@pytest.mark.parametrize("written, used", [
+    ("least-busy", "least-busy"), ("latency-based-routing", "latency-based-routing"),
+    ("usage-based-routing", "usage-based-routing"), ("usage-based-routing-v2", "usage-based-routing"),
+])
+def test_routing_strategies_and_the_peers_alias(load, written, used):
+    settings = load(MINIMAL + f"router_settings:\n  routing_strategy: {written}\n")
+    assert settings.router.routing_strategy == used
+    assert not settings.warnings          # acted on, so nothing to warn about
+
+
+def test_an_unknown_routing_strategy_is_refused_with_its_line(load):
+    with pytest.raises(ConfigError, match=r"line 6: router_settings.routing_strategy"):
+        load(MINIMAL + "router_settings:\n  routing_strategy: cost-based-routing\n")
+
+
+def test_the_new_fallback_lists_load_and_name_known_groups(load):
+    text = MINIMAL + ("router_settings:\n  default_fallbacks: [mock]\n  max_fallbacks: 2\n"
+                      "  context_window_fallbacks: [{mock: [mock]}]\n  content_policy_fallbacks: [{mock: [nope]}]\n")
+    with pytest.raises(ConfigError, match=r"content_policy_fallbacks.0: unknown model_name 'nope'"):
+        load(text)
+    settings = load(text.replace("[nope]", "[mock]"))
+    assert settings.router.default_fallbacks == ("mock",) and settings.router.max_fallbacks == 2
+    assert settings.router.context_window_fallbacks == (("mock", ("mock",)),)

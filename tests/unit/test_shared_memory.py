@@ -8,10 +8,12 @@ from __future__ import annotations
 import mmap
 import os
 import select
+import signal
+import time
 
 import pytest
 
-from gateway.store.shared_memory import HEALTH_BYTES, SLOTS, SharedMemoryState, create_segment
+from gateway.store.shared_memory import HEALTH_BYTES, SLOTS, SharedMemoryState, create_segment, release_worker
 from gateway.types import Cooldown, EntityStats
 
 
@@ -449,3 +451,30 @@ def test_a_segment_is_stamped_and_sized(segment):
     with mmap.mmap(segment, size) as mapped:
         assert mapped[:8] != bytes(8)
     assert size > HEALTH_BYTES
+
+
+def test_the_master_releases_a_killed_workers_slot(segment):
+    """gunicorn's child_exit: a worker SIGKILLed while holding requests leaves nothing in flight."""
+    clock = Time()
+    survivor = SharedMemoryState.open(segment, clock)
+    holding = Pipe()
+
+    def worker():                                      # holds two requests, then waits to be killed
+        state = SharedMemoryState.open(segment, clock)
+        state.begin("x")
+        state.begin("x")
+        holding.send(b"1")
+        time.sleep(30)
+    pid = run_forked(worker)
+    try:
+        assert holding.receive() == b"1"
+        assert stats(survivor, "x")[:2] == (2, 2)
+        os.kill(pid, signal.SIGKILL)
+        assert joined(pid) == -signal.SIGKILL
+        assert stats(survivor, "x").in_flight == 2         # nobody has noticed yet
+        assert release_worker(segment, pid) is True
+        assert stats(survivor, "x")[:2] == (0, 2)          # its requests this minute still count
+        assert release_worker(segment, pid) is False       # nothing left to release
+    finally:
+        holding.close()
+        survivor.close()
