@@ -22,6 +22,7 @@ import mmap
 import os
 import random
 import struct
+import tempfile
 import time
 from typing import Callable, Sequence
 
@@ -54,7 +55,7 @@ _ROW_HEAD = struct.Struct("<dqd")            # cooldown until, kind, retry_after
 
 def create_segment() -> int:
     """In the gunicorn master: a sized, stamped memfd whose number the forked workers inherit."""
-    fd = os.memfd_create("shin-gateway-state", 0)
+    fd = _anonymous_file()
     os.ftruncate(fd, SIZE)
     with mmap.mmap(fd, SIZE) as segment:
         words = memoryview(segment).cast("q")
@@ -81,6 +82,16 @@ def release_worker(fd: int, pid: int) -> bool:
             return False
         finally:
             words.release()
+
+
+def _anonymous_file() -> int:
+    """A memfd where there is one (Linux); elsewhere an unlinked temporary file does the same job."""
+    if hasattr(os, "memfd_create"):
+        return os.memfd_create("shin-gateway-state", 0)   # no CLOEXEC: survives gunicorn's re-exec
+    with tempfile.TemporaryFile(prefix="shin-gateway-state-") as handle:
+        fd = os.dup(handle.fileno())
+    os.set_inheritable(fd, True)
+    return fd
 
 
 class SharedMemoryState:

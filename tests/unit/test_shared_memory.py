@@ -478,3 +478,19 @@ def test_the_master_releases_a_killed_workers_slot(segment):
     finally:
         holding.close()
         survivor.close()
+
+
+def test_without_memfd_an_unlinked_file_is_the_segment(monkeypatch):
+    """Where os.memfd_create does not exist (macOS), workers still share one segment."""
+    monkeypatch.delattr(os, "memfd_create")
+    fd = create_segment()
+    try:
+        assert os.get_inheritable(fd)
+        one, two = SharedMemoryState.open(fd), SharedMemoryState.open(fd)
+        one.begin("x")
+        two.begin("x")
+        assert one.stats(["x"])[0].in_flight == 2
+        one.close()
+        two.close()
+    finally:
+        os.close(fd)
