@@ -35,7 +35,7 @@ def create_app(config_path: str | os.PathLike | None = None, settings=None):
     adapters = build_adapters(settings.deployments, pool_maxsize=settings.worker_connections, redactor=redactor)
     state = _router_state(settings, log)
     router = Router(settings.deployments, settings.router, state)
-    health = HealthChecker(settings.deployments, adapters, state, router.note_probe, log,
+    health = HealthChecker(settings.deployments, adapters, state, router.note_probe, log, redactor=redactor,
                            background=settings.background_health_checks)
     if settings.background_health_checks:
         import gevent

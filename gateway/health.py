@@ -22,6 +22,7 @@ import gevent
 import orjson
 
 from .errors import GatewayError, UpstreamCredentialsMissing, UpstreamTimeout
+from .redact import Redactor
 from .types import Deployment, ModelRequest, RouterState
 
 PROBE_TIMEOUT_CAP = 30.0        # seconds: a probe never waits longer unless health_check_timeout says so
@@ -38,14 +39,14 @@ class HealthChecker:
     """Probes deployments and renders the `/health` body; in background mode, also the loop that feeds it."""
 
     def __init__(self, deployments: Iterable[Deployment], adapters: dict, state: RouterState,
-                 on_result: OnResult, log: logging.Logger, *, background: bool = False):
+                 on_result: OnResult, log: logging.Logger, *, redactor: Redactor, background: bool = False):
         self._deployments = tuple(deployments)
         self._adapters = adapters
         self._state = state
         self._on_result = on_result
         self._log = log
         self._background = background
-        self._secrets = _secrets_of(self._deployments)
+        self._redact = redactor
 
     def probe_all(self) -> dict:
         """Probe every deployment in parallel; the report, in config order."""
@@ -132,10 +133,7 @@ class HealthChecker:
 
     def _scrub(self, error: GatewayError) -> str:
         """The error's message, minus any credential of any deployment (adapters redact; this is a second net)."""
-        message = str(error.message)[:MAX_ERROR_CHARS]
-        for secret in self._secrets:
-            message = message.replace(secret, "***")
-        return message
+        return self._redact(str(error.message))[:MAX_ERROR_CHARS]
 
 
 def probe_timeout(deployment: Deployment) -> float:
@@ -169,18 +167,3 @@ def public_base(api_base: str | None) -> str | None:
         return None
     host = parts.netloc.rpartition("@")[2]
     return urlunsplit((parts.scheme, host, parts.path, "", ""))
-
-
-def _secrets_of(deployments: tuple[Deployment, ...]) -> tuple[str, ...]:
-    found = set()
-    for deployment in deployments:
-        found.add(deployment.api_key or "")
-        found.update(deployment.extra_headers.values())
-        found.update(deployment.aws.values())
-        if deployment.api_base:
-            try:
-                parts = urlsplit(deployment.api_base)
-                found.update((parts.username or "", parts.password or ""))
-            except ValueError:
-                pass
-    return tuple(sorted((s for s in found if len(s) >= 4), key=len, reverse=True))

@@ -11,6 +11,7 @@ import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Collection
+from urllib.parse import urlsplit
 
 import yaml
 from marshmallow import RAISE, Schema, ValidationError, fields, validate
@@ -168,8 +169,9 @@ def ensure_state_segment(create) -> None:
         os.environ[STATE_FD_ENV] = str(create())
 
 
-def state_segment_fd() -> int | None:
-    value = os.environ.get(STATE_FD_ENV)
+def state_segment_fd(environ=None) -> int | None:
+    """The shared router state's file descriptor the gunicorn master handed down, if any."""
+    value = (os.environ if environ is None else environ).get(STATE_FD_ENV)
     return int(value) if value and value.isdigit() else None
 
 
@@ -366,6 +368,7 @@ def _build(config_path: Path, data: dict, lines: dict, providers, needs_api_base
         raise ConfigError("\n".join([f"{config_path}: invalid config:", *errors]))
     secrets = [d.api_key for d in deployments] + [v for d in deployments for v in d.aws.values()]
     secrets += [v for d in deployments for v in d.extra_headers.values()]
+    secrets += [part for d in deployments for part in _url_credentials(d.api_base)]
     secrets += [general["master_key"], general["metrics_token"]]
     return Settings(
         config_path=config_path,
@@ -389,7 +392,7 @@ def _build(config_path: Path, data: dict, lines: dict, providers, needs_api_base
         background_health_checks=general["background_health_checks"],
         health_check_interval=general["health_check_interval"],
         worker_connections=_int_env(env, "SHIN_GATEWAY_WORKER_CONNECTIONS", 1000),
-        state_fd=_int_env(env, STATE_FD_ENV, -1) if env.get(STATE_FD_ENV) else None,
+        state_fd=state_segment_fd(env),
         secrets=tuple(sorted({s for s in secrets if s and len(s) >= 4}, key=len, reverse=True)),
         warnings=tuple(f"environment variable {name} is not set or empty" for name in dict.fromkeys(missing.values())),
     )
@@ -422,6 +425,15 @@ def _deployment(index: int, entry: dict, default_timeout: float, lines: dict, un
         line=lines.get(("model_list", index)),
         unset_env=unset_env,
     )
+
+
+def _url_credentials(url: str | None) -> tuple[str, ...]:
+    """User and password of an `api_base` like `https://user:pass@host/v1`: secrets like any key."""
+    try:
+        parts = urlsplit(url or "")
+    except ValueError:
+        return ()
+    return tuple(part for part in (parts.username, parts.password) if part)
 
 
 def _rules(rules: list[dict]) -> tuple[tuple[str, tuple[str, ...]], ...]:

@@ -93,7 +93,7 @@ class Router:
 
     def note_probe(self, deployment: Deployment, error: GatewayError | None) -> None:
         """A health probe's result: a failed one takes the deployment out of rotation."""
-        if error is not None and error.counts_as_failure and policy.fallback_kind(error) == "general":
+        if error is not None and error.counts_as_failure and policy.is_retryable(error):
             self._cooldowns.probe_failed(deployment, error)
 
     def _fallback_targets(self, model: str, kind: str | None) -> tuple[str, ...]:

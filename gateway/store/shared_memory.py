@@ -58,10 +58,7 @@ def create_segment() -> int:
     fd = _anonymous_file()
     os.ftruncate(fd, SIZE)
     with mmap.mmap(fd, SIZE) as segment:
-        words = memoryview(segment).cast("q")
-        words[_H_INSTANCE] = random.getrandbits(62) + 1
-        words[_H_MAGIC] = MAGIC
-        words.release()
+        _stamp(segment)
     return fd
 
 
@@ -82,6 +79,14 @@ def release_worker(fd: int, pid: int) -> bool:
             return False
         finally:
             words.release()
+
+
+def _stamp(segment: mmap.mmap) -> None:
+    """A new segment: a fresh instance id (every worker of it reports the same), then the magic."""
+    words = memoryview(segment).cast("q")
+    words[_H_INSTANCE] = random.getrandbits(62) + 1
+    words[_H_MAGIC] = MAGIC
+    words.release()
 
 
 def _anonymous_file() -> int:
@@ -123,10 +128,7 @@ class SharedMemoryState:
     def private(cls, clock: Callable[[], float] = time.time) -> "SharedMemoryState":
         """One process only (tests, a gateway run without the gunicorn master)."""
         segment = mmap.mmap(-1, SIZE)
-        words = memoryview(segment).cast("q")
-        words[_H_INSTANCE] = random.getrandbits(62) + 1
-        words[_H_MAGIC] = MAGIC
-        words.release()
+        _stamp(segment)
         return cls(segment, None, clock)
 
     # --- the hot path: this worker's own cells, no lock ------------------------------------

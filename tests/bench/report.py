@@ -59,6 +59,20 @@ def _pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered)) - 1))]
 
 
+def _stream_rows(runs: list, width: int) -> list[str]:
+    """The streaming table: a header, then one row per run; the first run is the direct one."""
+    head = f"{'':>{width}} | {'TTFB p50':>8} {'TTFB p99':>8} | {'total s':>7} {'vs direct':>9} | {'complete':>8}"
+    rows = [head, "-" * len(head)]
+    direct_total = runs[0][1].total
+    for index, (name, run) in enumerate(runs):
+        p50, p99 = _ttfb_ms(run)
+        ok = len(run.results) - len(run.failures)
+        vs = "" if index == 0 else f"{(_ratio(run.total, direct_total) - 1) * 100:+.1f}%"
+        rows.append(f"{name:>{width}} | {p50:>8.1f} {p99:>8.1f} | {run.total:>7.3f} {vs:>9}"
+                    f" | {f'{ok}/{len(run.results)}':>8}")
+    return rows
+
+
 def _ttfb_ms(run: StreamRun) -> tuple[float, float]:
     ttfb = [r.ttfb * 1000 for r in run.results if r.ttfb is not None]
     return (statistics.median(ttfb), _pct(ttfb, 99)) if ttfb else (float("nan"), float("nan"))
@@ -173,17 +187,9 @@ def render_comparison(res: Results) -> str:
             f" | {f'{d.socket_errors}/{b.socket_errors}/{c.socket_errors}':>14}")
     out.append("")
     out.append(f"Streaming: {res.streams} concurrent streams x {res.chunks} content chunks (latency in ms)")
-    head = f"{'':>8} | {'TTFB p50':>8} {'TTFB p99':>8} | {'total s':>7} {'vs direct':>9} | {'complete':>8}"
-    out += [head, "-" * len(head)]
-    direct_total = res.streams_direct.total
-    for name, run in (("direct", res.streams_direct), ("baseline", res.streams_baseline),
-                      ("current", res.streams_gateway)):
-        assert run is not None
-        p50, p99 = _ttfb_ms(run)
-        ok = len(run.results) - len(run.failures)
-        vs = "" if name == "direct" else f"{(_ratio(run.total, direct_total) - 1) * 100:+.1f}%"
-        out.append(f"{name:>8} | {p50:>8.1f} {p99:>8.1f} | {run.total:>7.3f} {vs:>9}"
-                   f" | {f'{ok}/{len(run.results)}':>8}")
+    assert res.streams_baseline is not None
+    out += _stream_rows([("direct", res.streams_direct), ("baseline", res.streams_baseline),
+                         ("current", res.streams_gateway)], 8)
     out.append("")
     out.append(f"Gateway processes (master + {res.workers} workers), RSS idle / peak under load;"
                " time to first 200:")
@@ -318,16 +324,7 @@ def render_variants(res: VariantResults) -> str:
                            f" | {f'{min(ratios):.3f}-{max(ratios):.3f}':>13} | {cpu:>10.3f}")
     out.append("")
     out.append(f"Streaming: {res.stream_count} concurrent streams x {res.chunks} content chunks (latency in ms)")
-    head = (f"{'':>{max(width, 6)}} | {'TTFB p50':>8} {'TTFB p99':>8} | {'total s':>7} {'vs direct':>9}"
-            f" | {'complete':>8}")
-    out += [head, "-" * len(head)]
-    direct_total = res.streams_direct.total
-    for name, run in [("direct", res.streams_direct)] + [(n, res.streams[n]) for n in names]:
-        p50, p99 = _ttfb_ms(run)
-        ok = len(run.results) - len(run.failures)
-        vs = "" if name == "direct" else f"{(_ratio(run.total, direct_total) - 1) * 100:+.1f}%"
-        out.append(f"{name:>{max(width, 6)}} | {p50:>8.1f} {p99:>8.1f} | {run.total:>7.3f} {vs:>9}"
-                   f" | {f'{ok}/{len(run.results)}':>8}")
+    out += _stream_rows([("direct", res.streams_direct)] + [(n, res.streams[n]) for n in names], max(width, 6))
     out.append("")
     out.append(f"Gateway processes (master + {res.workers} workers), RSS idle / peak under load;"
                " time to first 200; readiness after the run:")

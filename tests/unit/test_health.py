@@ -64,10 +64,11 @@ class Results(list):
 def checker(deployments, state, on_result=None, **kw) -> tuple[HealthChecker, Results]:
     results = Results()
     secrets = [s for d in deployments for s in (d.api_key, *d.extra_headers.values()) if s]
+    redactor = Redactor(secrets + [URL_PASSWORD])
     adapters = {"openai": OpenAICompatibleAdapter([d for d in deployments if d.provider == "openai"],
-                                                  pool_maxsize=8, redactor=Redactor(secrets + [URL_PASSWORD])),
+                                                  pool_maxsize=8, redactor=redactor),
                 "mock": MockAdapter([])}
-    return HealthChecker(deployments, adapters, state, on_result or results, LOG, **kw), results
+    return HealthChecker(deployments, adapters, state, on_result or results, LOG, redactor=redactor, **kw), results
 
 
 def assert_no_secret(body: dict) -> None:
@@ -218,7 +219,7 @@ class _IgnoresItsDeadline:
 def test_probes_run_in_parallel_and_a_backstop_cuts_an_adapter_that_ignores_its_deadline(state):
     deployments = [dep(f"slow{i}", provider="slow", health_check_timeout=0.2) for i in range(5)]
     results = Results()
-    health = HealthChecker(deployments, {"slow": _IgnoresItsDeadline(30)}, state, results, LOG)
+    health = HealthChecker(deployments, {"slow": _IgnoresItsDeadline(30)}, state, results, LOG, redactor=Redactor())
     started = time.monotonic()
     body = health.probe_all()
     elapsed = time.monotonic() - started
