@@ -2,6 +2,7 @@
 
     shin-gateway [--config PATH] [--host HOST] [--port PORT] [--workers N]
     shin-gateway check-config [--config PATH] [--require-master-key]
+    shin-gateway db upgrade [--config PATH]
 """
 from __future__ import annotations
 
@@ -14,10 +15,15 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if (args.command == "db") != (args.action is not None):
+        parser.error("`db` takes an action: shin-gateway db upgrade [--config PATH]")
     config = _config_path(args.config)
     if args.command == "check-config":
         return check_config(config, require_master_key=args.require_master_key)
+    if args.command == "db":
+        return db_upgrade(config)
     return serve(config, args.host, args.port, args.workers)
 
 
@@ -38,6 +44,31 @@ def check_config(config: Path, *, require_master_key: bool = False) -> int:
         return 1
     print(f"{config}: OK — {len(settings.deployments)} deployments in "
           f"{len(settings.model_names)} model groups: {', '.join(settings.model_names)}")
+    return 0
+
+
+def db_upgrade(config: Path) -> int:
+    """Create or migrate the keys and spend tables (what every worker also does at start-up)."""
+    import logging
+
+    from .errors import StorageUnavailable
+    from .settings import ConfigError, load_settings
+    from .store.database import open_database
+
+    try:
+        url = load_settings(config).database_url
+        database = open_database(url, logging.getLogger("gateway.store"))
+    except (ConfigError, ValueError, StorageUnavailable) as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    try:
+        version = database.migrate()
+    except StorageUnavailable as exc:
+        print(f"{config}: cannot upgrade the database: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        database.close()
+    print(f"{config}: {database.backend} database {database.where} is at schema version {version}")
     return 0
 
 
@@ -78,7 +109,8 @@ def _config_path(explicit: str | None) -> Path:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="shin-gateway", description="OpenAI-compatible LLM gateway.")
-    parser.add_argument("command", nargs="?", choices=["serve", "check-config"], default="serve")
+    parser.add_argument("command", nargs="?", choices=["serve", "check-config", "db"], default="serve")
+    parser.add_argument("action", nargs="?", choices=["upgrade"], help="db: what to do (upgrade)")
     parser.add_argument("--config", help="config file (default: $SHIN_GATEWAY_CONFIG or config/config.yaml)")
     parser.add_argument("--host", help="address to bind (default 0.0.0.0 with a master key, else 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port to bind (default 4000)")
