@@ -115,6 +115,28 @@ class PermissionDenied(GatewayError):
     should_retry_client = False
 
 
+class AdminOnly(PermissionDenied):
+    code = "master_key_required"
+
+
+class DuplicateKey(InvalidRequest):
+    """A key or alias that another virtual key already has."""
+    code = "duplicate_key"
+
+
+class RateLimited(GatewayError):
+    """The caller's own key is over its rpm, tpm or parallel limit (not the upstream's)."""
+    status = 429
+    type = "rate_limit_error"
+    code = "rate_limit_exceeded"
+
+
+class BudgetExceeded(RateLimited):
+    """Waiting does not help until the budget period ends: SDKs are told not to retry."""
+    code = "budget_exceeded"
+    should_retry_client = False
+
+
 # --- upstream failures, as the router and the client see them -------------------------------
 
 class UpstreamClientError(GatewayError):
@@ -180,3 +202,13 @@ class NoHealthyDeployment(GatewayError):
 class ServiceUnavailable(GatewayError):
     status = 503
     code = "service_unavailable"
+
+
+class StorageUnavailable(ServiceUnavailable):
+    """The database cannot be reached (or timed out); the caller may try again shortly."""
+
+
+class KeyNotFound(InvalidRequest):
+    """An admin route named a virtual key (or alias) that does not exist."""
+    status = 404
+    code = "key_not_found"

@@ -123,6 +123,9 @@ class Trace:
     retries: int = 0                # attempts beyond the first, in each group tried
     fallbacks: int = 0              # fallback groups tried
     upstream_seconds: float = 0.0   # inside upstream attempts and backoff waits
+    limit_headers: dict | None = None   # `x-ratelimit-*` of the caller's key
+    cost: float | None = None           # of this answer, once known
+    key_spend: float | None = None      # the key's spend in its budget period (after this answer, when known)
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,9 +134,93 @@ class Principal:
     name: str
     is_master: bool = False
     models: frozenset[str] | None = None   # None = every model
+    key: "KeyRecord | None" = None         # the virtual key's record, as last read from the database
 
     def may_use(self, model: str) -> bool:
         return self.models is None or model in self.models
+
+
+# --- virtual keys and spend, as the database holds them -------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class KeyRecord:
+    """A virtual key as stored: never its plaintext, only its SHA-256 (`token`)."""
+    token: str
+    key_name: str                         # "sk-...abcd": enough to recognise, not to use
+    key_alias: str | None = None
+    models: tuple[str, ...] = ()          # () = every model
+    max_budget: float | None = None
+    budget_duration: str | None = None    # as given, e.g. "30d"
+    budget_anchor: float | None = None    # epoch s; budget periods start at anchor + k × duration
+    spend: float = 0.0                    # as stored, for the period `spend_period`
+    spend_period: float = 0.0             # start of the period the stored spend belongs to (0: no duration)
+    rpm_limit: int | None = None
+    tpm_limit: int | None = None
+    max_parallel_requests: int | None = None
+    model_rpm_limit: Mapping[str, int] = field(default_factory=dict)
+    model_tpm_limit: Mapping[str, int] = field(default_factory=dict)
+    metadata: Mapping = field(default_factory=dict)
+    user_id: str | None = None
+    team_id: str | None = None
+    expires: float | None = None          # epoch s
+    blocked: bool = False
+    created_at: float = 0.0
+    updated_at: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class SpendRow:
+    """One model request's usage and cost; never a prompt or a completion."""
+    id: str                       # made by the gateway (uuid4 hex): unique, so a retried batch adds nothing
+    request_id: str               # the x-request-id the client saw
+    key_token: str | None         # None for the master key or a gateway without auth
+    key_alias: str | None
+    user_id: str | None
+    team_id: str | None
+    model_group: str
+    deployment_id: str            # "" when no deployment was called
+    prompt_tokens: int
+    completion_tokens: int
+    cost: float
+    latency_ms: int
+    status: int                   # the HTTP status the client got
+    started_at: float             # epoch s
+    spend_period: float = 0.0     # the key's budget period when it was spent
+
+
+class Ask(NamedTuple):
+    """One counter row a request reserves against; a request's asks are granted all or none."""
+    name: str                     # key token, or token + "|" + model for per-model limits
+    rpm: int | None
+    tpm: int | None
+    parallel: int | None
+    budget: float | None
+    period: float                 # budget period start (0 = no budget_duration)
+    base_spend: float             # the database's spend for `period`: seeds the counter when it first meets it
+    tokens: int                   # estimate held against tpm until settled
+    cost: float                   # estimate held against the budget until settled
+
+
+class Verdict(NamedTuple):
+    ok: bool
+    refused_by: str | None        # "rpm" | "tpm" | "parallel" | "budget"
+    name: str | None              # the Ask.name that refused
+    retry_after: float            # seconds until the refusing limit frees up (0: not by waiting)
+    remaining_requests: int | None   # of the first ask, counting this request (None: no rpm limit)
+    remaining_tokens: int | None     # of the first ask (None: no tpm limit)
+    spend: float                  # the first ask's live spend in its period, before this request
+
+
+class LimitState(Protocol):
+    """Per-key counters, exact across workers (and instances with Redis): reserve, then settle.
+
+    A reservation is held under `lease` (the request's own id) until settled; one
+    whose worker or instance died is released by `lease_until` at the latest.
+    `settle` returns the first ask's spend after adding `cost`.
+    """
+
+    def reserve(self, asks: Sequence[Ask], now: float, lease: str, lease_until: float) -> Verdict: ...
+    def settle(self, asks: Sequence[Ask], lease: str, tokens: int, cost: float, now: float) -> float: ...
 
 
 # --- what every worker (and, with Redis, every instance) must agree on ----------------------

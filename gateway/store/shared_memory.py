@@ -10,7 +10,7 @@ layout lives in a private map.
 
 Layout, in 8-byte words: header | worker slots (pid) | name directory (hash) |
 shared rows (cooldown, 60 one-second failure buckets) | cells (slot-major) |
-health report bytes.
+health report bytes | key-limit rows | key-limit holds (slot-major; see memory_limits.py).
 """
 from __future__ import annotations
 
@@ -47,7 +47,12 @@ _DIR_BASE = _SLOT_BASE + SLOTS
 _ROW_BASE = _DIR_BASE + ROWS
 _CELL_BASE = _ROW_BASE + ROWS * ROW
 _HEALTH_BASE = (_CELL_BASE + SLOTS * ROWS * CELL) * 8       # in bytes
-SIZE = _HEALTH_BASE + HEALTH_BYTES
+LIMIT_ROWS = 16384                # keys (and key × model pairs) counted at once; idle ones are reused
+LIMIT_ROW = 8                     # words: name hash, minute, requests, tokens, period, spend, last used, -
+LIMIT_HOLD = 4                    # words per worker: in flight, reserved tokens, reserved cost, -
+LIMIT_ROW_BASE = (_HEALTH_BASE + HEALTH_BYTES) // 8
+LIMIT_HOLD_BASE = LIMIT_ROW_BASE + LIMIT_ROWS * LIMIT_ROW
+SIZE = (LIMIT_HOLD_BASE + SLOTS * LIMIT_ROWS * LIMIT_HOLD) * 8
 _NO_RETRY_AFTER = -1.0
 _CELL_FIELDS = struct.Struct("<qqqqdqdq")    # in_flight, minute, requests, tokens, latency, n, ttft, n
 _ROW_HEAD = struct.Struct("<dqd")            # cooldown until, kind, retry_after
@@ -256,6 +261,11 @@ class SharedMemoryState:
     def status(self) -> dict[str, str]:
         return {"state": "shared-memory" if self._fd is not None else "process-local"}
 
+    def limits(self):
+        """Key limits in this segment (store/memory_limits.py), counted with every other worker's."""
+        from .memory_limits import MemoryLimits
+        return MemoryLimits(self._words, self._floats, self._locked, self._slot, _H_SLOT_HIGH)
+
     def close(self) -> None:
         """Give the worker slot back (a worker that dies without this is found by the next one)."""
         if self._segment.closed:
@@ -339,7 +349,14 @@ def _clear_slot(words: memoryview, slot: int) -> None:
     for row in range(ROWS):
         if words[_DIR_BASE + row]:
             words[base + row * CELL] = 0
+    holds = LIMIT_HOLD_BASE + slot * LIMIT_ROWS * LIMIT_HOLD    # its reservations went with it
+    for row in range(LIMIT_ROWS):
+        if words[LIMIT_ROW_BASE + row * LIMIT_ROW]:
+            words[holds + row * LIMIT_HOLD:holds + (row + 1) * LIMIT_HOLD] = _ZERO_HOLD
     words[_SLOT_BASE + slot] = 0
+
+
+_ZERO_HOLD = memoryview(bytes(8 * LIMIT_HOLD)).cast("q")
 
 
 class _FileLock:

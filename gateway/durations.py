@@ -1,0 +1,28 @@
+"""Durations as the peer's key API writes them ("30s", "15m", "24h", "30d", "1w", "1mo") and budget periods."""
+from __future__ import annotations
+
+import math
+import re
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400, "mo": 30 * 86400}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(mo|s|m|h|d|w)\s*$")
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in `text`; ValueError naming the accepted forms for anything else."""
+    match = _DURATION.match(text) if isinstance(text, str) else None
+    if not match or float(match.group(1)) <= 0:
+        raise ValueError(f"{text!r} is not a duration: use a positive number with s, m, h, d, w or mo, "
+                         "e.g. \"30d\"")
+    return float(match.group(1)) * _UNITS[match.group(2)]
+
+
+def period_start(anchor: float, seconds: float, now: float) -> float:
+    """Start of the budget period holding `now`: periods follow one another from `anchor`, every `seconds`.
+
+    Computed, not stored, so every worker and instance agrees on when a
+    budget resets without a job that resets it.
+    """
+    if now < anchor:
+        return anchor
+    return anchor + math.floor((now - anchor) / seconds) * seconds
