@@ -17,7 +17,9 @@ MAX_HEAD_BYTES = 1 << 20
 
 # What an adapter's chunk source yields: SSE bytes ready for the client (one or
 # more whole `data: …\n\n` events), and the parsed chunk the gateway inspects
-# (usage, content), or None for events relayed without decoding.
+# (usage, content), or None for events relayed without decoding. Empty bytes
+# with a chunk: an event the client did not ask for (the usage chunk the gateway
+# asked for on its behalf), seen by the gateway only.
 Chunk = tuple[bytes, dict | None]
 
 
@@ -79,12 +81,17 @@ class PrimedStream:
     `prime()` reads ahead to the first content-bearing chunk so that anything
     that fails before it is still a plain error the router may retry; the
     chunks read ahead are replayed first when the stream is iterated.
-    """
-    __slots__ = ("_chunks", "_close", "_head", "usage", "_closed")
 
-    def __init__(self, chunks: Iterator[Chunk], close: Callable[[], None]):
+    `usage` is the last usage an event carried; when none did, `estimate`
+    (if given) fills it in at close, so every stream ends with a usage to bill.
+    """
+    __slots__ = ("_chunks", "_close", "_head", "usage", "_closed", "_estimate")
+
+    def __init__(self, chunks: Iterator[Chunk], close: Callable[[], None],
+                 estimate: Callable[[], Usage] | None = None):
         self._chunks = chunks
         self._close = close
+        self._estimate = estimate
         self._head: list[bytes] = []
         self.usage: Usage | None = None
         self._closed = False
@@ -109,10 +116,13 @@ class PrimedStream:
     def __iter__(self) -> Iterator[bytes]:
         head, self._head = self._head, []
         if head:
-            yield b"".join(head)
+            joined = b"".join(head)
+            if joined:
+                yield joined
         for payload, chunk in self._chunks:
             self._observe(chunk)
-            yield payload
+            if payload:
+                yield payload
 
     def _observe(self, chunk: dict | None) -> None:
         usage = chunk.get("usage") if chunk else None
@@ -122,4 +132,8 @@ class PrimedStream:
     def close(self) -> None:
         if not self._closed:
             self._closed = True
-            self._close()
+            try:
+                self._close()
+            finally:
+                if self.usage is None and self._estimate is not None:
+                    self.usage = self._estimate()

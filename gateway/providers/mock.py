@@ -107,12 +107,13 @@ def _chunks(request: ModelRequest) -> Iterator[Chunk]:
     for choice in choices:
         chunk = {**base, "choices": choice}
         yield _event(chunk), chunk
-    if request.include_usage:
-        usage = _usage(request, text)
-        chunk = {**base, "choices": [], "usage": {"prompt_tokens": usage.prompt_tokens,
-                                                   "completion_tokens": usage.completion_tokens,
-                                                   "total_tokens": usage.total_tokens}}
-        yield _event(chunk), chunk
+    # Like a real upstream asked for usage by the gateway: the stream's usage is always
+    # known; the client sees the usage chunk only when it asked for it.
+    usage = _usage(request, text)
+    chunk = {**base, "choices": [], "usage": {"prompt_tokens": usage.prompt_tokens,
+                                               "completion_tokens": usage.completion_tokens,
+                                               "total_tokens": usage.total_tokens}}
+    yield (_event(chunk) if request.include_usage else b""), chunk
 
 
 def _event(chunk: dict) -> bytes:

@@ -1,9 +1,11 @@
 """The adapter for every OpenAI-compatible server (OpenAI, vLLM, llama.cpp, Ollama /v1, Together, Groq, …).
 
 The request body goes upstream as the client sent it (vendor extras included),
-with only `model` swapped for the upstream name. Stream chunks pass through
-byte for byte, except that the `model` value is replaced in place; they are
-parsed (orjson, about a microsecond each) only to be inspected, never re-encoded.
+with only `model` swapped for the upstream name, and a stream always asking for
+its usage (`stream_options.include_usage`: spend and tpm need it). Stream chunks
+pass through byte for byte, except that the `model` value is replaced in place;
+they are parsed (orjson, about a microsecond each) only to be inspected, never
+re-encoded. The usage chunk the client did not ask for is kept from it.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ import orjson
 from ..errors import (RETRY_AFTER_MAX, BadUpstreamResponse, ContentPolicyViolation, ContextLengthExceeded, GatewayError,
                       UpstreamAuthFailed, UpstreamClientError, UpstreamFailed, UpstreamRateLimited, UpstreamTimeout)
 from ..redact import Redactor
+from ..tokens import estimate_completion_tokens, estimate_prompt_tokens
 from ..types import Completion, Deployment, ModelRequest, Usage
 from . import OPENAI_COMPATIBLE_BASES
 from .auth import HeaderAuth, bearer
@@ -97,7 +100,12 @@ class OpenAICompatibleAdapter:
                 del body["usage"]
             elif cleaned is not usage:
                 body["usage"] = cleaned
-        return Completion(body, Usage.from_openai(body.get("usage")))
+        counted = Usage.from_openai(body.get("usage"))
+        if counted is None:   # the client's body stays as the upstream sent it; only the books get an estimate
+            prompt = estimate_prompt_tokens(request.endpoint, request.params)
+            completion = estimate_completion_tokens(body)
+            counted = Usage(prompt, completion, prompt + completion)
+        return Completion(body, counted)
 
     def stream(self, deployment: Deployment, request: ModelRequest, deadline: float | None = None) -> PrimedStream:
         """A stream primed within the call's deadline; after the first byte `stream_timeout` bounds each gap."""
@@ -106,8 +114,9 @@ class OpenAICompatibleAdapter:
             response = self._post(deployment, request, stream=True, deadline=None)
             gap = deployment.stream_timeout or deployment.timeout
             state = _StreamState()
-            chunks = self._chunks(response, request.model.encode(), gap, state)
-            return PrimedStream(chunks, lambda: response.close(drain=state.done)).prime()
+            chunks = self._chunks(response, request.model.encode(), gap, state, request.include_usage)
+            return PrimedStream(chunks, lambda: response.close(drain=state.done),
+                                lambda: _estimated_usage(request, state.relayed)).prime()
 
     def close(self) -> None:
         for transport in self._transports:
@@ -121,6 +130,10 @@ class OpenAICompatibleAdapter:
         payload = dict(request.params)
         payload.update(request.extra)
         payload["model"] = deployment.upstream_model
+        if stream and request.endpoint in _USAGE_ENDPOINTS:
+            options = payload.get("stream_options")
+            payload["stream_options"] = {**options, "include_usage": True} if isinstance(options, dict) \
+                else {"include_usage": True}
         headers = upstream.headers
         if request.request_id:
             headers = {**headers, "X-Request-Id": request.request_id}
@@ -149,7 +162,8 @@ class OpenAICompatibleAdapter:
             raise BadUpstreamResponse(f"the upstream answered a stream request without a stream ({upstream.where})")
         return response
 
-    def _chunks(self, response: UpstreamResponse, alias: bytes, gap: float, state: "_StreamState") -> Iterator[Chunk]:
+    def _chunks(self, response: UpstreamResponse, alias: bytes, gap: float, state: "_StreamState",
+                include_usage: bool) -> Iterator[Chunk]:
         """Upstream SSE → framed events for the client; ends at [DONE], raises on in-band errors.
 
         Until the first content-bearing chunk every event is parsed (the stream
@@ -159,6 +173,11 @@ class OpenAICompatibleAdapter:
         `[DONE]` ends the iteration at once: the client gets it without
         waiting for whatever the upstream does next. More than `gap` seconds
         without a data event (bytes trickling in do not count) is a timeout.
+
+        The usage-only chunk goes to the client only when it asked for one
+        (`include_usage`); otherwise it is yielded with empty bytes, for the
+        stream's usage alone. Content-bearing events are counted in `state`
+        (plain ones by a byte search, never decoded) for when no usage comes.
         """
         decoder = SSEDecoder(MAX_EVENT)
         rename = None
@@ -168,7 +187,11 @@ class OpenAICompatibleAdapter:
         empty = 0   # events with nothing for the client, before the first content
         for data in response.iter_bytes():
             if primed and decoder.idle and _is_plain_event(data):
-                finished = finished or _FINISH in data or _FINISH_SPACED in data
+                if _FINISH in data or _FINISH_SPACED in data:
+                    finished = True
+                    state.relayed += not any(marker in data for marker in _NOTHING_NEW)   # the last, empty chunk
+                else:
+                    state.relayed += 1
                 last_event = time.monotonic()
                 yield rename(data), None
                 continue
@@ -190,13 +213,21 @@ class OpenAICompatibleAdapter:
                     else:
                         chunk["usage"] = cleaned
                     payload = orjson.dumps(chunk)   # the only chunks ever re-encoded: bad usage
-                if not chunk.get("choices") and not chunk.get("usage"):
-                    # nothing for the client: a content-filter preamble or similar
-                    empty += not primed
-                    if empty > MAX_HEAD_EVENTS:
-                        raise BadUpstreamResponse(f"the upstream stream sent {empty} events with nothing for "
-                                                  f"the client before any content ({where})")
-                    continue
+                choices = chunk.get("choices")
+                if not choices:
+                    if not chunk.get("usage"):
+                        # nothing for the client: a content-filter preamble or similar
+                        empty += not primed
+                        if empty > MAX_HEAD_EVENTS:
+                            raise BadUpstreamResponse(f"the upstream stream sent {empty} events with nothing "
+                                                      f"for the client before any content ({where})")
+                        continue
+                    if not include_usage:   # asked for by the gateway, for the books only
+                        yielded = primed = True
+                        yield b"", chunk
+                        continue
+                elif _bears_text(choices):
+                    state.relayed += 1
                 yielded = True
                 if rename is None:
                     rename = _model_renamer(chunk.get("model"), alias)
@@ -263,8 +294,10 @@ class OpenAICompatibleAdapter:
         return error
 
 
+_USAGE_ENDPOINTS = ("chat/completions", "completions")
 _FINISH = b'"finish_reason":"'
 _FINISH_SPACED = b'"finish_reason": "'
+_NOTHING_NEW = (b'"delta":{}', b'"delta": {}', b'"text":""', b'"text": ""')
 # Events that must be decoded: they may carry usage, an error, or nothing for the client.
 _NEEDS_DECODING = re.compile(rb'"usage": ?[^n ]|"error"|"choices": ?\[\]')
 
@@ -277,6 +310,28 @@ def _is_plain_event(data: bytes) -> bool:
     """
     return (data.startswith(b"data: {") and data.endswith(b"}\n\n") and data.count(b"\n") == 2
             and b"\r" not in data and _NEEDS_DECODING.search(data) is None)
+
+
+def _bears_text(choices) -> bool:
+    """Does a decoded chunk's choice carry generated text (content, a tool call, legacy `text`)?"""
+    for choice in choices:
+        if isinstance(choice, dict):
+            if choice.get("text"):
+                return True
+            delta = choice.get("delta")
+            if isinstance(delta, dict) and any(value for key, value in delta.items() if key != "role"):
+                return True
+    return False
+
+
+def _estimated_usage(request: ModelRequest, relayed: int) -> Usage:
+    """A stream's usage when the upstream reported none: the prompt estimated, one token per content event.
+
+    Most servers send one token per chunk, so the count of content-bearing
+    events is close to the completion's tokens, at no cost on the hot path.
+    """
+    prompt = estimate_prompt_tokens(request.endpoint, request.params)
+    return Usage(prompt, relayed, prompt + relayed)
 
 
 def _data_of(events):
@@ -375,8 +430,10 @@ def _is_event_stream(headers) -> bool:
 
 
 class _StreamState:
-    """What the relay learned that close() needs: did the upstream end with `[DONE]`?"""
-    __slots__ = ("done",)
+    """What the relay learned that close() needs: did the upstream end with `[DONE]`, how many
+    content-bearing events went to the client?"""
+    __slots__ = ("done", "relayed")
 
     def __init__(self) -> None:
         self.done = False
+        self.relayed = 0

@@ -99,14 +99,16 @@ def test_curl_example(block, gateway, upstream, tmp_path):
         assert result["json"]["choices"][0]["message"]["content"] == f"echo: {last_user}"
         assert result["json"]["model"] == sent["model"]
 
-    # What the example sends reaches the upstream unchanged (model aside).
+    # What the example sends reaches the upstream unchanged (model aside; a stream also asks for its usage).
     with upstream.lock:
         seen = [r for r in upstream.requests
                 if r["at"] >= started and (r["body"] or {}).get("model") == STANDARD_MODELS[sent["model"]]]
     assert len(seen) == 1, seen
     forwarded = seen[0]["body"]
-    assert {k: v for k, v in forwarded.items() if k != "model"} == \
-        {k: v for k, v in sent.items() if k != "model"}
+    expected = {k: v for k, v in sent.items() if k != "model"}
+    if sent.get("stream"):
+        expected["stream_options"] = {**(sent.get("stream_options") or {}), "include_usage": True}
+    assert {k: v for k, v in forwarded.items() if k != "model"} == expected
 
 
 STREAM_BLOCK = next((b for b in CURL_BLOCKS if data_of(curl_argv(b.code, "http://x")).get("stream")), None)

@@ -121,6 +121,24 @@ def test_stream_with_include_usage_ends_with_an_openai_usage_chunk(adapter):
     assert (stream.usage.prompt_tokens, stream.usage.total_tokens) == (9, 15)
 
 
+def test_stream_without_include_usage_still_knows_its_usage(adapter):
+    stream = adapter.stream(DEPLOYMENT, chat("one two three", stream=True))
+    items = list(stream)
+    assert all(items), "an empty item would end the client's chunked body"
+    chunks = parsed(items)
+    assert all(c["choices"] for c in chunks) and all("usage" not in c for c in chunks)
+    assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
+    assert (stream.usage.prompt_tokens, stream.usage.completion_tokens, stream.usage.total_tokens) == (9, 6, 15)
+
+
+def test_legacy_stream_usage_with_and_without_include_usage(adapter):
+    quiet = adapter.stream(DEPLOYMENT, completion("abc", stream=True))
+    told = adapter.stream(DEPLOYMENT, completion("abc", stream=True, include_usage=True))
+    assert all("usage" not in c for c in parsed(quiet))
+    assert parsed(told)[-1]["usage"] == {"prompt_tokens": 1, "completion_tokens": 4, "total_tokens": 5}
+    assert quiet.usage == told.usage and quiet.usage.total_tokens == 5
+
+
 def test_stream_is_primed_past_the_role_chunk(adapter):
     stream = adapter.stream(DEPLOYMENT, chat(stream=True))
     chunks = parsed(stream)

@@ -694,3 +694,153 @@ def test_clean_usage_keeps_good_usage_as_it_is():
     from gateway.providers.base import clean_usage
     usage = {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3, "prompt_tokens_details": {"x": 1}}
     assert clean_usage(usage) is usage
+
+
+# --- usage of streams: always asked for, shown only when the client asked ---------------------------
+
+USAGE = {"prompt_tokens": 4, "completion_tokens": 2, "total_tokens": 6}
+
+
+def usage_chunk(usage=USAGE) -> bytes:
+    body = {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": UPSTREAM_MODEL, "choices": [],
+            "usage": usage}
+    return b"data: " + json.dumps(body, separators=(",", ":")).encode() + b"\n\n"
+
+
+def sent_body(wire, index=0) -> dict:
+    return json.loads(wire.calls[index].request.body)
+
+
+@pytest.mark.parametrize("options, expected", [
+    (None, {"include_usage": True}),
+    ({"include_usage": False}, {"include_usage": True}),
+    ({"include_obfuscation": False}, {"include_obfuscation": False, "include_usage": True}),
+    ({"include_usage": True, "include_obfuscation": True}, {"include_usage": True, "include_obfuscation": True}),
+])
+def test_a_stream_always_asks_the_upstream_for_its_usage(adapter, dep, wire, options, expected):
+    add_stream(wire, chunk("a", "stop"), DONE)
+    params = {} if options is None else {"stream_options": options}
+    call = chat_request(stream=True, **params)
+    list(adapter.stream(dep, call))
+    body = sent_body(wire)
+    assert body["stream_options"] == expected
+    assert {k: v for k, v in body.items() if k not in ("stream_options", "model")} == \
+        {k: v for k, v in call.params.items() if k not in ("stream_options", "model")}
+    assert call.params.get("stream_options") == options   # the client's request object is not mutated
+
+
+def test_a_legacy_completions_stream_asks_for_usage_too(adapter, dep, wire):
+    legacy = (b'data: {"id":"c","object":"text_completion","model":"m","choices":[{"index":0,"text":"hi",'
+              b'"finish_reason":"stop"}]}\n\n')
+    wire.add(responses.POST, f"{BASE}/completions", body=sse(legacy, DONE), stream=True,
+             content_type="text/event-stream")
+    call = ModelRequest(endpoint="completions", model=ALIAS, params={"model": ALIAS, "prompt": "x", "stream": True},
+                        extra={}, stream=True)
+    list(adapter.stream(dep, call))
+    assert sent_body(wire)["stream_options"] == {"include_usage": True}
+
+
+def test_a_whole_answer_request_gets_no_stream_options(adapter, dep, wire):
+    wire.add(responses.POST, CHAT_URL, json=completion_body())
+    adapter.complete(dep, chat_request())
+    assert "stream_options" not in sent_body(wire)
+
+
+def test_the_usage_chunk_nobody_asked_for_is_kept_from_the_client_but_counted(adapter, dep, wire):
+    add_stream(wire, chunk("a"), chunk("b"), chunk(finish="stop"), usage_chunk(), DONE)
+    stream = adapter.stream(dep, chat_request(stream=True))
+    items = list(stream)
+    stream.close()
+    out = chunks_of(items)
+    assert [c["choices"][0]["delta"].get("content") for c in out] == ["a", "b", None]
+    assert all(c["choices"] for c in out) and all("usage" not in c for c in out)
+    assert (stream.usage.prompt_tokens, stream.usage.completion_tokens, stream.usage.total_tokens) == (4, 2, 6)
+
+
+def test_the_usage_chunk_the_client_asked_for_reaches_it(adapter, dep, wire):
+    add_stream(wire, chunk("a"), chunk(finish="stop"), usage_chunk(), DONE)
+    stream = adapter.stream(dep, chat_request(stream=True, include_usage=True, stream_options={"include_usage": True}))
+    out = chunks_of(stream)
+    assert out[-1]["choices"] == [] and out[-1]["usage"] == USAGE and out[-1]["model"] == ALIAS
+    assert stream.usage.total_tokens == 6
+
+
+def test_a_usage_chunk_in_the_same_read_as_others_is_kept_from_the_client(adapter, dep, wire):
+    add_stream(wire, chunk("a"), chunk(finish="stop") + usage_chunk() + DONE)
+    stream = adapter.stream(dep, chat_request(stream=True))
+    data = relayed(stream)
+    stream.close()
+    assert b'"usage"' not in data and len(events(data)) == 2
+    assert stream.usage.total_tokens == 6
+
+
+def test_a_stream_whose_only_event_after_the_role_is_usage_yields_no_empty_bytes(adapter, dep, wire):
+    role = (b'data: {"id":"c","model":"' + UPSTREAM_MODEL.encode()
+            + b'","choices":[{"index":0,"delta":{"role":"assistant","content":""},"finish_reason":"stop"}]}\n\n')
+    add_stream(wire, role, usage_chunk(), DONE)
+    stream = adapter.stream(dep, chat_request(stream=True))
+    items = list(stream)
+    assert items and all(items), items
+    assert len(events(relayed(items))) == 1
+
+
+def test_chunks_with_choices_and_usage_pass_through_unchanged(adapter, dep, wire):
+    """vLLM's continuous usage stats: usage on every chunk, which is content the client gets."""
+    first = chunk("a", usage={"prompt_tokens": 4, "completion_tokens": 1, "total_tokens": 5})
+    last = chunk(finish="stop", usage={"prompt_tokens": 4, "completion_tokens": 2, "total_tokens": 6})
+    add_stream(wire, first, last, DONE)
+    stream = adapter.stream(dep, chat_request(stream=True))
+    data = relayed(stream)
+    stream.close()
+    assert data == (first + last).replace(UPSTREAM_MODEL.encode(), ALIAS.encode())
+    assert stream.usage.completion_tokens == 2
+
+
+@pytest.mark.parametrize("split", [False, True], ids=["one-event-per-read", "events-split-across-reads"])
+def test_a_stream_without_usage_is_estimated_at_close(adapter, dep, wire, split):
+    role = (b'data: {"id":"c","model":"' + UPSTREAM_MODEL.encode()
+            + b'","choices":[{"index":0,"delta":{"role":"assistant","content":""},"finish_reason":null}]}\n\n')
+    pieces = [role, chunk("one"), chunk(" two"), chunk(" three"), chunk(" four"), chunk(finish="stop"), DONE]
+    if split:
+        whole = b"".join(pieces)
+        pieces = [whole[i:i + 9] for i in range(0, len(whole), 9)]
+    add_stream(wire, *pieces)
+    call = chat_request(stream=True, messages=[{"role": "user", "content": "x" * 40}])
+    stream = adapter.stream(dep, call)
+    assert len(chunks_of(stream)) == 6
+    stream.close()
+    # prompt: ceil(40 / 4) + 4 for the message; completion: the four content-bearing chunks
+    assert (stream.usage.prompt_tokens, stream.usage.completion_tokens, stream.usage.total_tokens) == (14, 4, 18)
+
+
+def test_a_legacy_stream_without_usage_counts_its_text_chunks(adapter, dep, wire):
+    def legacy(text, finish=None):
+        return (b'data: {"id":"c","object":"text_completion","model":"m","choices":[{"index":0,"text":'
+                + json.dumps(text).encode() + b',"finish_reason":' + json.dumps(finish).encode() + b'}]}\n\n')
+    wire.add(responses.POST, f"{BASE}/completions", stream=True, content_type="text/event-stream",
+             body=sse(legacy("a"), legacy("b"), legacy("c"), legacy("", "stop"), DONE))
+    call = ModelRequest(endpoint="completions", model=ALIAS, params={"model": ALIAS, "prompt": "abcdefgh",
+                                                                     "stream": True}, extra={}, stream=True)
+    stream = adapter.stream(dep, call)
+    list(stream)
+    stream.close()
+    assert (stream.usage.prompt_tokens, stream.usage.completion_tokens) == (2, 3)
+
+
+def test_a_stream_cut_short_is_billed_for_what_was_relayed(adapter, dep, wire):
+    add_stream(wire, chunk("a"), chunk("b"), ConnectionResetError("reset by peer"))
+    stream = adapter.stream(dep, chat_request(stream=True))
+    _, error = collect_until_error(stream)
+    stream.close()
+    assert isinstance(error, UpstreamFailed)
+    assert stream.usage.completion_tokens == 2 and stream.usage.prompt_tokens == 5   # "hi": 1 + 4
+
+
+def test_a_whole_answer_without_usage_is_estimated_for_the_books_only(adapter, dep, wire):
+    body = completion_body()
+    del body["usage"]
+    body["choices"][0]["message"]["content"] = "y" * 21
+    wire.add(responses.POST, CHAT_URL, json=body)
+    result = adapter.complete(dep, chat_request())
+    assert "usage" not in result.body
+    assert (result.usage.prompt_tokens, result.usage.completion_tokens, result.usage.total_tokens) == (5, 6, 11)
