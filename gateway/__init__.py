@@ -16,8 +16,11 @@ def create_app(config_path: str | os.PathLike | None = None, settings=None):
     from flask import Flask
 
     from . import api
+    from .accounting import SpendWriter
+    from .admin import KeyAdmin, SpendReports
     from .health import HealthChecker
     from .keys import KeyChecker
+    from .limits import Limiter
     from .logging import install as install_logging
     from .providers import build_adapters, load_config
     from .redact import Redactor
@@ -29,18 +32,25 @@ def create_app(config_path: str | os.PathLike | None = None, settings=None):
     log = install_logging(redactor)
     for warning in settings.warnings:
         log.warning("config %s: %s", settings.config_path, warning)
-    keys = KeyChecker(settings.master_key)
+    database = _database(settings, log)
+    keys = KeyChecker(settings.master_key, database)
     if not keys.auth_enabled:
         log.warning("no master_key is set: the gateway serves without authentication")
     adapters = build_adapters(settings.deployments, pool_maxsize=settings.worker_connections, redactor=redactor)
-    state = _router_state(settings, log)
+    state, local_state = _router_state(settings, log)
     router = Router(settings.deployments, settings.router, state)
     health = HealthChecker(settings.deployments, adapters, state, router.note_probe, log, redactor=redactor,
                            background=settings.background_health_checks)
     if settings.background_health_checks:
         import gevent
         gevent.spawn(health.run_background, settings.health_check_interval)
-    service = Service(settings, keys, router, adapters, state, health)
+    spend = SpendWriter(database, log)
+    spend.start()
+    service = Service(settings, keys, router, adapters, state, health,
+                      limiter=Limiter(_limit_state(settings, local_state, log), _prices(settings.deployments),
+                                      max((d.timeout for d in settings.deployments), default=600.0)),
+                      spend=spend, database=database, admin=KeyAdmin(database, keys.forget),
+                      spend_reports=SpendReports(database))
 
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_body_bytes
@@ -52,17 +62,50 @@ def create_app(config_path: str | os.PathLike | None = None, settings=None):
 
 
 def _router_state(settings, log):
-    """The master's shared segment when there is one (gunicorn), else this process's own; Redis on top."""
+    """The master's shared segment when there is one (gunicorn), else this process's own; Redis on top.
+
+    Returns (the router's state, the segment's own state), the latter for the key limits.
+    """
     from .store.shared_memory import SharedMemoryState
 
-    state = None
+    local = None
     if settings.state_fd is not None:
         try:
-            state = SharedMemoryState.open(settings.state_fd)
+            local = SharedMemoryState.open(settings.state_fd)
         except (OSError, ValueError) as exc:
             log.warning("shared router state unavailable (%s): this worker keeps its own", exc)
-    state = state or SharedMemoryState.private()
+    local = local or SharedMemoryState.private()
     if settings.redis_url:
         from .store.redis_state import RedisState
-        state = RedisState(state, settings.redis_url, log)
-    return state
+        return RedisState(local, settings.redis_url, log), local
+    return local, local
+
+
+def _limit_state(settings, local, log):
+    """Key limits: the segment counts for every worker of this instance; Redis for every instance."""
+    if settings.redis_url:
+        from .store.redis_limits import RedisLimits
+        return RedisLimits(local.limits(), settings.redis_url, log)
+    return local.limits()
+
+
+def _database(settings, log):
+    """Keys and spend; a database that is down at start-up is not fatal (keys answer 503 until it is back)."""
+    from .errors import StorageUnavailable
+    from .store.database import open_database
+
+    database = open_database(settings.database_url, log)
+    try:
+        database.migrate()
+    except StorageUnavailable as exc:
+        log.warning("database unavailable at start-up (%s): virtual keys answer 503 until it is back", exc)
+    return database
+
+
+def _prices(deployments) -> dict[str, tuple[float, float]]:
+    """Per model group, the highest prices of its deployments: what a reservation must assume."""
+    prices: dict[str, tuple[float, float]] = {}
+    for d in deployments:
+        known = prices.get(d.model_name, (0.0, 0.0))
+        prices[d.model_name] = (max(known[0], d.input_cost_per_token), max(known[1], d.output_cost_per_token))
+    return prices

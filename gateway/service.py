@@ -1,26 +1,40 @@
-"""The one object the views call: authenticate, check, route, call the provider, close the books."""
+"""The one object the views call: authenticate, check, limit, route, call the provider, close the books."""
 from __future__ import annotations
 
 import time
+import uuid
 
-from .errors import ModelNotFound, PermissionDenied, UpstreamCredentialsMissing
+from .accounting import cost_of
+from .errors import GatewayError, ModelNotFound, PermissionDenied, UpstreamCredentialsMissing
 from .keys import KeyChecker
+from .limits import Limiter, Ticket
 from .routing import Router
 from .settings import Settings
-from .types import ChunkStream, Completion, Deployment, ModelRequest, Principal, RouterState, Trace
+from .types import ChunkStream, Completion, Deployment, ModelRequest, Principal, RouterState, SpendRow, Trace, Usage
+
+CLIENT_GONE = 499      # the status a spend row records when the client hung up before the answer
 
 
 class Service:
     """What the views call: who is calling, may they, and the model call itself through the router."""
 
     def __init__(self, settings: Settings, keys: KeyChecker, router: Router, adapters: dict,
-                 state: RouterState, health=None):
+                 state: RouterState, health=None, *, limiter: Limiter | None = None, spend=None,
+                 database=None, admin=None, spend_reports=None, wall=time.time):
         self.settings = settings
         self._keys = keys
         self._router = router
         self._adapters = adapters
         self._state = state
         self._health = health
+        self._limiter = limiter
+        self._spend = spend             # SpendWriter: rows reach the database off the hot path
+        self._database = database
+        self.admin = admin              # KeyAdmin, for the /key/* views
+        self.spend_reports = spend_reports
+        self._wall = wall
+        self._deployments = {d.id: d for d in settings.deployments}
+        self._database_checked = (float("-inf"), "ok")
         self._created = int(time.time())
 
     def authenticate(self, presented_key: str | None) -> Principal:
@@ -30,9 +44,19 @@ class Service:
         """A whole answer, or a stream primed up to its first content (every retry is over by then).
 
         `trace` records what the router did, for the response headers (on
-        errors too).
+        errors too). From the key's admission on, every outcome closes the
+        books exactly once: the reservation is settled and one spend row written.
         """
         self._check_model(principal, call.model)
+        books = _Books(self, principal, call, trace, self._wall())
+        try:
+            books.ticket = self._limiter.admit(principal, call) if self._limiter else None
+        except GatewayError as error:
+            books.close(None, error.status)
+            raise
+        if books.ticket is not None:
+            trace.limit_headers = books.ticket.headers
+            trace.key_spend = books.ticket.spend
         adapters = self._adapters
 
         def attempt(deployment: Deployment, deadline: float):
@@ -42,10 +66,18 @@ class Service:
             if call.stream:
                 return adapter.stream(deployment, call, deadline)
             return adapter.complete(deployment, call, deadline)
-        answer = self._router.call(call.model, attempt, trace, call.stream)
+        try:
+            answer = self._router.call(call.model, attempt, trace, call.stream)
+        except GatewayError as error:
+            books.close(None, error.status)
+            raise
+        except BaseException:   # the client went away (or a bug of ours): the books still close
+            books.close(None, CLIENT_GONE)
+            raise
         if call.stream:
-            return _Finishing(answer, self._router, trace)
+            return _Finishing(answer, self._router, books)
         self._router.finished(trace, answer.usage.total_tokens if answer.usage else 0)
+        books.close(answer.usage, 200)
         return answer
 
     def models(self, principal: Principal) -> list[dict]:
@@ -63,14 +95,61 @@ class Service:
         """Ready when every check says "ok"; the body also names the router state's backend."""
         status = dict(self._state.status())
         backend = status.pop("state")
-        checks = {"config": "ok", **status}
+        checks = {"config": "ok", **status, **(self._limiter.status() if self._limiter else {})}
+        if self._database is not None:
+            checks["database"] = self._database_status()
         ready = all(value == "ok" for value in checks.values())
         return ready, {"status": "ready" if ready else "not ready", "checks": checks, "state_backend": backend}
 
     def close(self) -> None:
+        """Graceful stop: queued spend rows reach the database before the worker goes."""
+        if self._spend is not None:
+            self._spend.close()
         for adapter in self._adapters.values():
             adapter.close()
+        if self._limiter is not None:
+            self._limiter.close()
         self._state.close()
+        if self._database is not None:
+            self._database.close()
+
+    def forget_key(self, token: str) -> None:
+        self._keys.forget(token)
+
+    def _database_status(self) -> str:
+        """Asked of the database at most once a second: readiness needs no auth, so anyone may poll it."""
+        now = time.monotonic()
+        if now - self._database_checked[0] >= 1.0:
+            try:
+                self._database.ping()
+                self._database_checked = (now, "ok")
+            except GatewayError:
+                self._database_checked = (now, "unreachable")
+        return self._database_checked[1]
+
+    def _record(self, books: "_Books", usage: Usage | None, status: int) -> None:
+        """Settle the key's reservation and queue the request's spend row."""
+        trace, principal = books.trace, books.principal
+        deployment = self._deployments.get(trace.deployment_id)
+        cost = cost_of(deployment, usage) if deployment is not None and usage is not None else 0.0
+        trace.cost = cost
+        tokens = usage.total_tokens if usage else 0
+        key = principal.key
+        if books.ticket is not None:
+            spend = books.ticket.settle(tokens, cost)
+            if spend is not None:
+                trace.key_spend = spend
+        if self._spend is None:
+            return
+        period = books.ticket.asks[0].period if books.ticket is not None else 0.0
+        self._spend.add(SpendRow(
+            id=uuid.uuid4().hex, request_id=books.call.request_id, key_token=key.token if key else None,
+            key_alias=key.key_alias if key else None, user_id=key.user_id if key else None,
+            team_id=key.team_id if key else None, model_group=trace.model_group or books.call.model,
+            deployment_id=trace.deployment_id, prompt_tokens=usage.prompt_tokens if usage else 0,
+            completion_tokens=usage.completion_tokens if usage else 0, cost=cost,
+            latency_ms=int((time.monotonic() - trace.started) * 1000), status=status,
+            started_at=books.started_at, spend_period=period))
 
     def _check_model(self, principal: Principal, model: str) -> None:
         if model not in self._router:
@@ -82,12 +161,28 @@ class Service:
         return {"id": name, "object": "model", "created": self._created, "owned_by": "shin-gateway"}
 
 
-class _Finishing:
-    """A stream that tells the router when it is over (however it ends), exactly once, with its tokens."""
-    __slots__ = ("_stream", "_router", "_trace")
+class _Books:
+    """One request's accounting: closed exactly once, on whichever path the request ends."""
+    __slots__ = ("_service", "principal", "call", "trace", "started_at", "ticket", "_closed")
 
-    def __init__(self, stream: ChunkStream, router: Router, trace: Trace):
-        self._stream, self._router, self._trace = stream, router, trace
+    def __init__(self, service: Service, principal: Principal, call: ModelRequest, trace: Trace, started_at: float):
+        self._service, self.principal, self.call, self.trace = service, principal, call, trace
+        self.started_at = started_at
+        self.ticket: Ticket | None = None
+        self._closed = False
+
+    def close(self, usage: Usage | None, status: int) -> None:
+        if not self._closed:
+            self._closed = True
+            self._service._record(self, usage, status)
+
+
+class _Finishing:
+    """A stream that tells the router and the books when it is over (however it ends), exactly once."""
+    __slots__ = ("_stream", "_router", "_books")
+
+    def __init__(self, stream: ChunkStream, router: Router, books: _Books):
+        self._stream, self._router, self._books = stream, router, books
 
     @property
     def usage(self):
@@ -103,7 +198,8 @@ class _Finishing:
         finally:
             if router is not None:
                 usage = self._stream.usage
-                router.finished(self._trace, usage.total_tokens if usage else 0)
+                router.finished(self._books.trace, usage.total_tokens if usage else 0)
+                self._books.close(usage, 200)
 
 
 def _keyless(deployment: Deployment) -> UpstreamCredentialsMissing:

@@ -28,7 +28,7 @@ MODES = ("chat", "embedding", "completion")
 FALLBACK_KEYS = ("fallbacks", "context_window_fallbacks", "content_policy_fallbacks")
 # Keys whose `os.environ/NAME` must resolve, or the gateway would serve open.
 FAIL_CLOSED_KEYS = (("general_settings", "master_key"), ("general_settings", "metrics_token"))
-NOT_ACTED_ON = ("litellm_settings.drop_params", "general_settings.database_url", "general_settings.metrics_token")
+NOT_ACTED_ON = ("litellm_settings.drop_params", "general_settings.metrics_token")
 STATE_FD_ENV = "SHIN_GATEWAY_STATE_FD"   # the shared router state the gunicorn master made (server.py)
 HEAD_TIMEOUT = 10.0   # seconds for a request line and headers to arrive
 BODY_TIMEOUT = 30.0   # seconds for the body to arrive once the head has
@@ -370,6 +370,7 @@ def _build(config_path: Path, data: dict, lines: dict, providers, needs_api_base
     secrets += [v for d in deployments for v in d.extra_headers.values()]
     secrets += [part for d in deployments for part in _url_credentials(d.api_base)]
     secrets += [general["master_key"], general["metrics_token"]]
+    secrets += [part for url in (general["database_url"], general["redis_url"]) for part in _url_credentials(url)]
     return Settings(
         config_path=config_path,
         deployments=tuple(deployments),

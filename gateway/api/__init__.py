@@ -7,14 +7,15 @@ import uuid
 
 from flask import Flask, Response, g, request
 
-from . import chat, completions, embeddings, errorhandlers, health, models
+from . import chat, completions, embeddings, errorhandlers, health, keys, models, spend
 
 OPENAI_BLUEPRINTS = (chat.bp, completions.bp, embeddings.bp, models.bp)
 _CLIENT_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")
 EXPOSED_HEADERS = ("x-request-id, retry-after, x-ratelimit-limit-requests, x-ratelimit-remaining-requests, "
                    "x-ratelimit-limit-tokens, x-ratelimit-remaining-tokens, x-litellm-model-group, "
                    "x-litellm-model-id, x-litellm-attempted-retries, x-litellm-attempted-fallbacks, "
-                   "x-litellm-response-duration-ms, x-litellm-overhead-duration-ms")
+                   "x-litellm-response-duration-ms, x-litellm-overhead-duration-ms, "
+                   "x-litellm-response-cost, x-litellm-key-spend")
 
 
 def register(app: Flask, cors_allow_origins: tuple[str, ...]) -> None:
@@ -22,6 +23,8 @@ def register(app: Flask, cors_allow_origins: tuple[str, ...]) -> None:
         app.register_blueprint(blueprint, url_prefix="/v1", name=f"{blueprint.name}_v1")
         app.register_blueprint(blueprint)
     app.register_blueprint(health.bp)
+    app.register_blueprint(keys.bp)      # admin routes: at the root only, as the peer serves them
+    app.register_blueprint(spend.bp)
     errorhandlers.register(app)
     cors = _Cors(cors_allow_origins)
     app.before_request(_before)

@@ -39,7 +39,7 @@ def respond(principal: Principal, call: ModelRequest) -> Response:
         answer = service().run(principal, call, trace)
         streaming = call.stream
     except GatewayError as error:
-        error.extra_headers = routing_headers(trace)
+        error.extra_headers = {**(error.extra_headers or {}), **routing_headers(trace)}
         raise
     finally:
         if not streaming:   # a stream's watcher lives until the stream ends
@@ -48,7 +48,7 @@ def respond(principal: Principal, call: ModelRequest) -> Response:
         return json_response(answer.body, headers=routing_headers(trace))
     # direct_passthrough: our bytes go to the server as they are, without
     # werkzeug's per-chunk encoding and closing wrappers.
-    return Response(_events(answer, watcher), mimetype="text/event-stream",
+    return Response(_Body(answer, watcher), mimetype="text/event-stream",
                     headers={**SSE_HEADERS, **routing_headers(trace)}, direct_passthrough=True)
 
 
@@ -67,11 +67,38 @@ def routing_headers(trace: Trace) -> dict[str, str]:
         headers["x-litellm-model-group"] = trace.model_group
     if trace.deployment_id:
         headers["x-litellm-model-id"] = trace.deployment_id
+    if trace.limit_headers:
+        headers.update(trace.limit_headers)
+    if trace.cost is not None:
+        headers["x-litellm-response-cost"] = repr(trace.cost)
+    if trace.key_spend is not None:
+        headers["x-litellm-key-spend"] = repr(trace.key_spend)
     return headers
 
 
 def json_response(body: dict, status: int = 200, headers: dict | None = None) -> Response:
     return Response(orjson.dumps(body), status=status, headers=headers, mimetype="application/json")
+
+
+class _Body:
+    """The SSE body: closes the stream even when the server closes us before the first chunk.
+
+    A generator that never started skips its `finally`; the server always
+    calls `close()`, so the upstream response and the books close here too.
+    """
+    __slots__ = ("_events", "_stream", "_watcher")
+
+    def __init__(self, stream: ChunkStream, watcher):
+        self._events = _events(stream, watcher)
+        self._stream, self._watcher = stream, watcher
+
+    def __iter__(self):
+        return self._events
+
+    def close(self) -> None:
+        self._events.close()
+        _stop(self._watcher)
+        self._stream.close()
 
 
 def _events(stream: ChunkStream, watcher):

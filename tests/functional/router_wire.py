@@ -150,14 +150,15 @@ class WorkerConnection:
         self.pid = pid
         self.served: str | None = None    # a test's note: the deployment its last call went to
 
-    def send(self, body: dict, path: str = CHAT) -> HTTPResponse:
-        """POST and read the response head; the caller reads (or holds) the body."""
+    def send(self, body: dict, path: str = CHAT, key: str | None = None) -> HTTPResponse:
+        """POST (with the master key unless `key`) and read the response head; the caller reads the body."""
+        auth = {"Authorization": f"Bearer {key}"} if key else AUTH
         self.connection.request("POST", path, body=json.dumps(body),
-                                headers={**AUTH, "Content-Type": "application/json"})
+                                headers={**auth, "Content-Type": "application/json"})
         return self.connection.getresponse()
 
-    def post(self, body: dict, path: str = CHAT) -> tuple[HTTPResponse, dict]:
-        response = self.send(body, path)
+    def post(self, body: dict, path: str = CHAT, key: str | None = None) -> tuple[HTTPResponse, dict]:
+        response = self.send(body, path, key)
         return response, json.loads(response.read())
 
     def close(self) -> None:

@@ -50,3 +50,97 @@ def test_the_checker_keeps_only_a_digest():
     checker = KeyChecker(MASTER)
     assert MASTER not in repr(vars(checker))
     assert digest(MASTER) == digest(MASTER) and len(digest(MASTER)) == 32
+
+
+# --- virtual keys: the database behind a short per-worker cache -------------------------------
+
+class Clock:
+    def __init__(self, now: float = 1000.0):
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def database(tmp_path):
+    import logging
+
+    from gateway.store.database import open_database
+
+    database = open_database(f"sqlite:///{tmp_path / 'keys.db'}", logging.getLogger("test"))
+    database.migrate()
+    yield database
+    database.close()
+
+
+def stored(database, plaintext: str, **fields):
+    from gateway.keys import token_of
+    from gateway.types import KeyRecord
+
+    record = KeyRecord(token=token_of(plaintext), key_name=f"sk-...{plaintext[-4:]}", **fields)
+    database.insert_key(record)
+    return record
+
+
+def test_a_virtual_key_is_found_by_its_digest_and_carries_its_record(database):
+    stored(database, "sk-virtual-aaaa", key_alias="app", models=("gpt",))
+    principal = KeyChecker(MASTER, database).authenticate("sk-virtual-aaaa")
+    assert not principal.is_master and principal.name == "app"
+    assert principal.may_use("gpt") and not principal.may_use("claude")
+    assert principal.key.token == digest("sk-virtual-aaaa").hex()
+
+
+def test_unknown_blocked_and_expired_keys_are_refused(database):
+    wall = Clock(5000.0)
+    stored(database, "sk-blocked-bbbb", blocked=True)
+    stored(database, "sk-expired-cccc", expires=4000.0)
+    checker = KeyChecker(MASTER, database, wall=wall)
+    for presented, message in (("sk-unknown-dddd", "Incorrect"), ("sk-blocked-bbbb", "blocked"),
+                               ("sk-expired-cccc", "expired"), ("not-an-sk-key", "Incorrect")):
+        with pytest.raises(AuthenticationFailed, match=message):
+            checker.authenticate(presented)
+
+
+def test_a_change_reaches_a_worker_once_its_cache_entry_is_older_than_the_ttl(database):
+    clock = Clock()
+    record = stored(database, "sk-change-eeee")
+    checker = KeyChecker(MASTER, database, clock=clock, ttl=0.5)
+    checker.authenticate("sk-change-eeee")
+    database.update_key(record.token, {"blocked": True})
+    clock.now += 0.4
+    checker.authenticate("sk-change-eeee")                 # still within the TTL: the cached answer
+    clock.now += 0.2
+    with pytest.raises(AuthenticationFailed, match="blocked"):
+        checker.authenticate("sk-change-eeee")
+
+
+def test_forget_makes_this_workers_own_change_visible_at_once(database):
+    record = stored(database, "sk-forget-ffff")
+    checker = KeyChecker(MASTER, database, clock=Clock())
+    checker.authenticate("sk-forget-ffff")
+    database.delete_keys([record.token])
+    checker.forget(record.token)
+    with pytest.raises(AuthenticationFailed):
+        checker.authenticate("sk-forget-ffff")
+
+
+def test_a_key_never_seen_while_the_database_is_unreachable_gets_503(tmp_path):
+    """A real PostgreSQL URL on a port nobody listens on: the store's own failure, not a stand-in."""
+    import logging
+    import socket
+
+    from gateway.errors import StorageUnavailable
+    from gateway.store.database import open_database
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    down = open_database(f"postgresql://nobody@127.0.0.1:{port}/test?connect_timeout=1", logging.getLogger("t"))
+    clock = Clock()
+    checker = KeyChecker(MASTER, down, clock=clock)
+    with pytest.raises(StorageUnavailable) as unavailable:
+        checker.authenticate("sk-never-seen-1111")
+    assert unavailable.value.status == 503 and unavailable.value.code == "service_unavailable"
+    assert checker.authenticate(MASTER).is_master          # the master key needs no database
+    down.close()

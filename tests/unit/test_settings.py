@@ -121,7 +121,7 @@ def test_full_contract_example_loads(load, tmp_path):
     assert warning.startswith("accepted but not acted on in this release: ")
     for key in ("litellm_settings.drop_params", "general_settings.metrics_token"):
         assert key in warning
-    for key in ("rpm", "tpm", "allowed_fails", "cooldown_time", "redis_url", "health_check"):   # the router acts on them
+    for key in ("rpm", "tpm", "allowed_fails", "cooldown_time", "redis_url", "health_check", "database_url"):   # acted on
         assert key not in warning
 
 
