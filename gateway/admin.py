@@ -8,15 +8,15 @@ the change is seen here at once (other workers within their cache TTL).
 """
 from __future__ import annotations
 
-import hashlib
 import math
 import secrets
 import time
 from datetime import date, datetime, timedelta, timezone
 from typing import Callable, Mapping
 
-from .durations import parse_duration, period_start
+from .durations import budget_period, parse_duration
 from .errors import DuplicateKey, KeyNotFound
+from .keys import token_of
 from .types import KeyRecord, SpendRow
 
 PLAIN_FIELDS = ("key_alias", "max_budget", "rpm_limit", "tpm_limit", "max_parallel_requests",
@@ -26,10 +26,6 @@ LOGS_WITHOUT_PAGE = 1000      # `/spend/logs` without `page`: the newest rows, a
 
 def new_plaintext() -> str:
     return "sk-" + secrets.token_urlsafe(32)
-
-
-def token_of(plaintext: str) -> str:
-    return hashlib.sha256(plaintext.encode("utf-8")).hexdigest()
 
 
 def key_name(plaintext: str) -> str:
@@ -59,15 +55,6 @@ def parse_when(text: str, *, end: bool = False) -> float:
         return (moment + timedelta(days=1) if end else moment).timestamp()
     moment = datetime.fromisoformat(text.replace("Z", "+00:00"))   # ValueError on anything else
     return (moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)).timestamp()
-
-
-def current_spend(record: KeyRecord, now: float) -> tuple[float, float | None]:
-    """The key's spend in its current budget period, and when that period ends (None: it never resets)."""
-    if not record.budget_duration or record.budget_anchor is None:
-        return record.spend, None
-    seconds = parse_duration(record.budget_duration)
-    start = period_start(record.budget_anchor, seconds, now)
-    return (record.spend if abs(record.spend_period - start) < 1e-6 else 0.0), start + seconds
 
 
 class KeyAdmin:
@@ -177,16 +164,14 @@ class KeyAdmin:
         if "budget_duration" in data and (old is None or data["budget_duration"] != old.budget_duration):
             duration = data["budget_duration"]
             changes["budget_duration"] = duration
-            changes["budget_anchor"] = now if duration else None
-            if duration:
-                changes.update(spend=0.0, spend_period=now)
-            elif old is not None:
-                changes.update(spend=current_spend(old, now)[0], spend_period=0.0)
+            changes["budget_anchor"] = now          # a new period starts now, with or without a duration
+            spend = budget_period(old, now)[2] if old is not None and not duration else 0.0
+            changes.update(spend=spend, spend_period=now)
         return changes
 
     @staticmethod
     def _view(record: KeyRecord, now: float) -> dict:
-        spend, reset_at = current_spend(record, now)
+        _, reset_at, spend = budget_period(record, now)
         return {
             "key_name": record.key_name, "token": record.token, "key_alias": record.key_alias,
             "expires": iso(record.expires), "models": list(record.models), "max_budget": record.max_budget,

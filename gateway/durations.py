@@ -4,6 +4,8 @@ from __future__ import annotations
 import math
 import re
 
+from .types import KeyRecord
+
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400, "mo": 30 * 86400}
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(mo|s|m|h|d|w)\s*$")
 
@@ -26,3 +28,18 @@ def period_start(anchor: float, seconds: float, now: float) -> float:
     if now < anchor:
         return anchor
     return anchor + math.floor((now - anchor) / seconds) * seconds
+
+
+def budget_period(key: KeyRecord, now: float) -> tuple[float, float | None, float]:
+    """(period start, period end or None, the key's stored spend in that period) at `now`.
+
+    Without `budget_duration` the one endless period starts at `budget_anchor`
+    (when a duration was last removed; 0 if it never had one), so counters of
+    an old period never carry into it.
+    """
+    if not key.budget_duration:
+        start = key.budget_anchor or 0.0
+        return start, None, key.spend if key.spend_period == start else 0.0
+    seconds = parse_duration(key.budget_duration)
+    start = period_start(key.budget_anchor or key.created_at, seconds, now)
+    return start, start + seconds, key.spend if key.spend_period == start else 0.0

@@ -13,10 +13,10 @@ import time
 import uuid
 from typing import Callable, Mapping
 
-from .durations import parse_duration, period_start
+from .durations import budget_period
 from .errors import BudgetExceeded, RateLimited
 from .tokens import completion_reserve, estimate_prompt_tokens
-from .types import Ask, KeyRecord, LimitState, ModelRequest, Principal, Verdict
+from .types import Ask, LimitState, ModelRequest, Principal, Verdict
 
 LEASE_SLACK = 60.0     # seconds a reservation outlives the longest call before a dead holder's is freed
 
@@ -87,15 +87,6 @@ class Limiter:
         close = getattr(self._state, "close", None)
         if close:
             close()
-
-
-def budget_period(key: KeyRecord, now: float) -> tuple[float, float | None, float]:
-    """(period start, period end or None, the database's spend in it) for the key at `now`."""
-    if not key.budget_duration:
-        return 0.0, None, key.spend
-    seconds = parse_duration(key.budget_duration)
-    start = period_start(key.budget_anchor or key.created_at, seconds, now)
-    return start, start + seconds, key.spend if key.spend_period == start else 0.0
 
 
 def _refusal(verdict: Verdict, asks: list[Ask], model: str, to_period_end: float | None) -> RateLimited:

@@ -15,7 +15,7 @@ from ..admin import parse_when
 from ..durations import parse_duration
 from .cooperative import Pacer
 from .schemas import StrictBool, StrictDict, StrictInt, StrictNumber, StrictString
-from .validation import _schema_error, read_json_object
+from .validation import schema_error, read_json_object
 
 MAX_NAME = 256
 MAX_MODELS = 1000
@@ -40,7 +40,7 @@ def _load(schema: Schema, data: dict) -> dict:
     try:
         return schema.load(data)
     except ValidationError as exc:
-        raise _schema_error(exc.messages) from None
+        raise schema_error(exc.messages) from None
 
 
 # --- fields -----------------------------------------------------------------------------------

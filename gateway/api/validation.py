@@ -34,7 +34,7 @@ def validated(schema: Schema, endpoint: str):
             screen(body, pacer)
             errors = schema.validate(body)
             if errors:
-                raise _schema_error(errors)
+                raise schema_error(errors)
             stream = streams and body.get("stream") is True
             options = body.get("stream_options") or {}
             call = ModelRequest(
@@ -74,7 +74,7 @@ def read_json_object(pacer: Pacer) -> dict:
     return body
 
 
-def _schema_error(errors: dict) -> InvalidRequest:
+def schema_error(errors: dict) -> InvalidRequest:
     path, message = _first_error(errors)
     return InvalidRequest(f"Invalid value for '{path}': {message}", param=path)
 

@@ -7,6 +7,7 @@ Prices are binary fractions, so sums of costs are exact and a test can say
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 import signal
@@ -79,8 +80,8 @@ def all_at_once(gateway: GatewayProcess, key: str, body: dict, count: int) -> li
         start.wait()
         response = connection.send(body, key=key)
         data = response.read()
-        return response.status, dict(response.getheaders()), (requests.models.complexjson.loads(data) if data
-                                                               and not body.get("stream") else {"raw": data})
+        return response.status, dict(response.getheaders()), (json.loads(data) if data and not body.get("stream")
+                                                               else {"raw": data})
     try:
         with ThreadPoolExecutor(count) as pool:
             return list(pool.map(one, connections))

@@ -162,7 +162,7 @@ def test_removing_budget_duration_keeps_the_current_spend_as_lifetime(admin, db)
     spend(db, made["token"], 2.0, period=T0)
     updated = admin.update({"key": made["token"], "budget_duration": None})
     assert updated["spend"] == pytest.approx(2.0) and updated["budget_duration"] is None
-    spend(db, made["token"], 1.0)
+    spend(db, made["token"], 1.0, period=T0)          # the endless period starts when the duration went
     assert admin.info(made["token"])["info"]["spend"] == pytest.approx(3.0)
 
 

@@ -132,3 +132,16 @@ def test_budget_period_follows_the_anchor():
     later = budget_period(record, START + 31 * DAY)
     assert later == (START + 30 * DAY, START + 60 * DAY, 0.0)     # the stored spend is an older period's
     assert budget_period(KeyRecord(token="t", key_name="n", spend=2.0), START) == (0.0, None, 2.0)
+
+
+def test_removing_budget_duration_keeps_counting_in_a_new_endless_period(state):
+    clock = Clock()
+    limits = limiter(state, clock, {"gpt": (0.0, 0.0)})
+    with_duration = key(max_budget=10.0, budget_duration="1d", budget_anchor=START)
+    limits.admit(with_duration, call()).settle(10, 2.0)
+    clock.now += 60
+    # what /key/update stores when the duration goes: a new anchor, the period's spend carried over
+    without = key(max_budget=10.0, budget_anchor=clock.now, spend=2.0, spend_period=clock.now)
+    ticket = limits.admit(without, call())
+    assert ticket.spend == pytest.approx(2.0)
+    assert ticket.settle(10, 1.0) == pytest.approx(3.0)

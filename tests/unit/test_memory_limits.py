@@ -10,10 +10,11 @@ import signal
 
 import pytest
 
-from gateway.store.shared_memory import SharedMemoryState, create_segment, release_worker
+from gateway.store.shared_memory import SharedMemoryState, release_worker
 from gateway.types import Ask
 
 from .test_shared_memory import Pipe, run_forked
+from .test_shared_memory import segment as segment   # noqa: F401 - a fixture, used by name
 
 NOW = 1_700_000_055.0      # 15 s into a calendar minute
 
@@ -21,13 +22,6 @@ NOW = 1_700_000_055.0      # 15 s into a calendar minute
 def ask(name="key", rpm=None, tpm=None, parallel=None, budget=None, period=0.0, base_spend=0.0,
         tokens=0, cost=0.0) -> Ask:
     return Ask(name, rpm, tpm, parallel, budget, period, base_spend, tokens, cost)
-
-
-@pytest.fixture
-def segment():
-    fd = create_segment()
-    yield fd
-    os.close(fd)
 
 
 @pytest.fixture
