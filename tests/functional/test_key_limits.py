@@ -283,3 +283,18 @@ def test_sigterm_under_load_loses_no_spend_row_and_stores_no_plaintext(fakes, tm
         assert key_info(again, key)["spend"] == pytest.approx(total)
     finally:
         again.stop()
+
+
+def test_a_key_sees_and_calls_only_its_models(gateway):
+    import openai
+
+    key = generate(gateway, models=["fast"])
+    client = openai.OpenAI(base_url=f"{gateway.url}/v1", api_key=key, max_retries=0)
+    assert [model.id for model in client.models.list()] == ["fast"]
+    assert client.models.retrieve("fast").id == "fast"
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("slow")                  # as for a model that does not exist
+    assert client.chat.completions.create(model="fast", messages=[{"role": "user", "content": "hi"}]).choices
+    with pytest.raises(openai.PermissionDeniedError) as refused:
+        client.chat.completions.create(model="slow", messages=[{"role": "user", "content": "hi"}])
+    assert refused.value.code == "model_not_allowed"

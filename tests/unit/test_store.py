@@ -479,3 +479,20 @@ def test_db_upgrade_on_postgres_and_when_it_is_unreachable(tmp_path, capsys):
     assert cli(["db", "upgrade", "--config", str(config)]) == 1
     err = capsys.readouterr().err
     assert f"127.0.0.1:{port}" in err and "unavailable" in err and PASSWORD not in err
+
+
+def test_sqlite_keeps_its_wal_from_growing_while_two_workers_write(tmp_path):
+    from gateway.store.sqlite import SqliteDatabase
+
+    path = tmp_path / "gateway.db"
+    first, second = (SqliteDatabase(path, logging.getLogger("test"), checkpoint_every=0.0) for _ in range(2))
+    try:
+        first.migrate()
+        for batch in range(20):
+            writer = first if batch % 2 else second
+            writer.write_spend([spend(f"r{batch}-{i}", key_token=None) for i in range(200)])
+            assert Path(f"{path}-wal").stat().st_size == 0      # truncated after each checkpoint
+        assert first.global_spend()["requests"] == 4000
+    finally:
+        first.close()
+        second.close()
