@@ -85,7 +85,7 @@ def _limit_state(settings, local, log):
     """Key limits: the segment counts for every worker of this instance; Redis for every instance."""
     if settings.redis_url:
         from .store.redis_limits import RedisLimits
-        return RedisLimits(local.limits(), settings.redis_url, log)
+        return RedisLimits(local.limits(), settings.redis_url, log, background=True)
     return local.limits()
 
 

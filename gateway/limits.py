@@ -76,7 +76,9 @@ class Limiter:
         return Ticket(self, asks, lease, verdict)
 
     def settle(self, ticket: Ticket, tokens: int, cost: float) -> float:
-        return self._state.settle(ticket.asks, ticket.lease, tokens, cost, self._clock())
+        """The key's spend after this request; reckoned from before it when the state settles later."""
+        spend = self._state.settle(ticket.asks, ticket.lease, tokens, cost, self._clock())
+        return ticket.verdict.spend + cost if spend is None else spend
 
     def status(self) -> dict[str, str]:
         """The counters' backend health, for readiness (the embedded one has nothing to report)."""

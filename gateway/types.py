@@ -216,11 +216,12 @@ class LimitState(Protocol):
 
     A reservation is held under `lease` (the request's own id) until settled; one
     whose worker or instance died is released by `lease_until` at the latest.
-    `settle` returns the first ask's spend after adding `cost`.
+    `settle` returns the first ask's spend after adding `cost` (None when it
+    settles later, off the request path).
     """
 
     def reserve(self, asks: Sequence[Ask], now: float, lease: str, lease_until: float) -> Verdict: ...
-    def settle(self, asks: Sequence[Ask], lease: str, tokens: int, cost: float, now: float) -> float: ...
+    def settle(self, asks: Sequence[Ask], lease: str, tokens: int, cost: float, now: float) -> float | None: ...
 
 
 # --- what every worker (and, with Redis, every instance) must agree on ----------------------

@@ -17,6 +17,12 @@ digits, so a spend read back is the very double written. Times are the
 callers' clocks: minutes and budget periods only roll forward, so instances
 whose clocks differ by a little never reset each other's counts.
 
+With `background=True` (the gateway's setting) settles leave the request
+path: they queue and one greenlet sends whatever has queued in one pipelined
+round trip, so a request pays for its reserve only. Until its settle lands, a
+finished request still counts as in flight (for a few milliseconds: stricter,
+never looser); `close()` sends what is queued.
+
 When Redis is unreachable (or answers an error) the instance enforces limits
 on its own `local` LimitState (per instance, exact across its workers), tries
 Redis again at most once a second, logs the outage once and its end once, and
@@ -28,6 +34,7 @@ at `lease_until`, and its usage is missing from the Redis counts.
 """
 from __future__ import annotations
 
+import collections
 import logging
 import math
 import time
@@ -37,6 +44,7 @@ from urllib.parse import urlsplit
 
 import redis
 from redis.backoff import NoBackoff
+from redis.exceptions import NoScriptError
 from redis.retry import Retry
 
 from ..types import Ask, LimitState, Verdict
@@ -48,6 +56,7 @@ POOL_WAIT = 1.0             # seconds a call waits for a free connection before 
 OUTAGE_RETRY = 1.0          # seconds between attempts while Redis is unreachable
 TTL = 2 * 86400             # seconds a row, its leases and holds outlive their last write
 MAX_LOCAL_LEASES = 100_000  # leases reserved locally and not settled yet (a bound against callers that never settle)
+SETTLE_BATCH = 256          # settles sent in one pipelined round trip
 
 # Shared by both scripts: loads a row (KEYS[3i-2..3i]), purges its expired leases, rolls its minute forward.
 _LOAD = """
@@ -198,7 +207,7 @@ class RedisLimits:
     """
 
     def __init__(self, local: LimitState, url: str, log: logging.Logger, prefix: str = "shin:limit:",
-                 clock=time.time):
+                 clock=time.time, background: bool = False):
         self._local = local
         self._log = log
         self._url = url
@@ -216,6 +225,11 @@ class RedisLimits:
         self._down_since: datetime | None = None
         self._down_reason = ""
         self._retry_at = 0.0
+        self._checked_at = float("-inf")
+        self._background = background
+        self._settles: collections.deque = collections.deque()
+        self._settler = None
+        self._wake = None
 
     def reserve(self, asks: Sequence[Ask], now: float, lease: str, lease_until: float) -> Verdict:
         if not asks:
@@ -240,39 +254,115 @@ class RedisLimits:
             self._local_leases[lease] = None
         return verdict
 
-    def settle(self, asks: Sequence[Ask], lease: str, tokens: int, cost: float, now: float) -> float:
+    def settle(self, asks: Sequence[Ask], lease: str, tokens: int, cost: float, now: float) -> float | None:
+        """The first ask's spend after this; None when the settle was queued (`background`)."""
         if not asks:
             return 0.0
         if lease in self._local_leases:
             del self._local_leases[lease]
             return self._local.settle(asks, lease, tokens, cost, now)
+        if self._background:
+            self._queue_settle((asks, lease, tokens, cost, now))
+            return None
         if self._try_redis():
-            args = [repr(float(now)), int(now // 60), lease, int(tokens), repr(float(cost)), TTL]
-            for ask in asks:
-                args += [repr(float(ask.period)), repr(float(ask.base_spend))]
             try:
-                spend = self._settle(keys=self._keys(asks), args=args)
+                spend = self._settle(keys=self._keys(asks), args=self._settle_args(asks, lease, tokens, cost, now))
             except (redis.RedisError, OSError) as exc:
                 self._outage(exc)
             else:
                 self._reachable()
                 return float(spend)
-        # Reserved in Redis, which is gone now: count the usage here, holding nothing of another request's.
-        free = [ask._replace(rpm=None, tpm=None, parallel=None, budget=None, tokens=0, cost=0.0) for ask in asks]
-        self._local.reserve(free, now, lease, now + 60.0)
-        return self._local.settle(free, lease, tokens, cost, now)
+        return self._settle_locally(asks, lease, tokens, cost, now)
 
     def status(self) -> dict[str, str]:
+        """Asks Redis itself (at most once a second), so readiness follows Redis with no key traffic."""
+        now = self._clock()
+        if now - self._checked_at >= OUTAGE_RETRY:
+            self._checked_at = now
+            try:
+                self._client.ping()
+            except (redis.RedisError, OSError) as exc:
+                self._outage(exc)
+            else:
+                self._reachable()
         if self._down_since is None:
             return {"limits": "ok"}
         since = self._down_since.isoformat(timespec="seconds")
         return {"limits": f"unreachable since {since}: {self._down_reason}, enforcing per instance"}
 
     def close(self) -> None:
+        """Send the queued settles (a graceful stop leaves nothing held in Redis), then disconnect."""
+        if self._settler is not None:
+            self._settler.kill()
+            self._settler = None
+        while self._settles:
+            self._send_settles()
         self._client.close()
         self._pool.disconnect()
 
+    # --- settles off the request path (background) ----------------------------------------------
+
+    def _queue_settle(self, item: tuple) -> None:
+        self._settles.append(item)
+        if self._settler is None:
+            import gevent
+            from gevent.event import Event
+            self._wake = Event()
+            self._settler = gevent.spawn(self._settle_forever)
+        self._wake.set()
+
+    def _settle_forever(self) -> None:
+        while True:
+            self._wake.wait()
+            self._wake.clear()
+            while self._settles:
+                self._send_settles()
+
+    def _send_settles(self) -> None:
+        """Up to SETTLE_BATCH queued settles in one round trip; to `local` while Redis is down."""
+        batch = [self._settles.popleft() for _ in range(min(SETTLE_BATCH, len(self._settles)))]
+        if self._try_redis():
+            try:
+                replies = self._pipelined(batch)
+                if any(isinstance(reply, NoScriptError) for reply in replies):   # Redis restarted: load, again
+                    self._client.script_load(_SETTLE)
+                    retry = [item for item, reply in zip(batch, replies, strict=True)
+                             if isinstance(reply, NoScriptError)]
+                    replies = self._pipelined(retry)
+                    batch = retry
+            except (redis.RedisError, OSError) as exc:
+                self._outage(exc)
+            else:
+                self._reachable()
+                for reply in replies:
+                    if isinstance(reply, Exception):
+                        self._log.warning("a key-limit settle failed in Redis (%s): its hold expires with its "
+                                          "lease", type(reply).__name__)
+                return
+        for asks, lease, tokens, cost, now in batch:
+            self._settle_locally(asks, lease, tokens, cost, now)
+
+    def _pipelined(self, batch: list) -> list:
+        pipe = self._client.pipeline(transaction=False)
+        for asks, lease, tokens, cost, now in batch:
+            pipe.evalsha(self._settle.sha, len(asks) * 3, *self._keys(asks), *self._settle_args(asks, lease, tokens,
+                                                                                               cost, now))
+        return pipe.execute(raise_on_error=False)
+
+    def _settle_locally(self, asks, lease, tokens, cost, now) -> float:
+        """Reserved in Redis, which is gone now: count the usage here, holding nothing of another request's."""
+        free = [ask._replace(rpm=None, tpm=None, parallel=None, budget=None, tokens=0, cost=0.0) for ask in asks]
+        self._local.reserve(free, now, lease, now + 60.0)
+        return self._local.settle(free, lease, tokens, cost, now)
+
     # --- internals ---------------------------------------------------------------------------
+
+    @staticmethod
+    def _settle_args(asks: Sequence[Ask], lease: str, tokens: int, cost: float, now: float) -> list:
+        args = [repr(float(now)), int(now // 60), lease, int(tokens), repr(float(cost)), TTL]
+        for ask in asks:
+            args += [repr(float(ask.period)), repr(float(ask.base_spend))]
+        return args
 
     def _keys(self, asks: Sequence[Ask]) -> list[str]:
         prefix = self._prefix

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from gateway.store.redis_limits import TTL, RedisLimits
+from gateway.store.redis_limits import OUTAGE_RETRY, TTL, RedisLimits
 from gateway.store.shared_memory import SharedMemoryState
 from gateway.types import Ask, Verdict
 from tests.functional.redis_server import PASSWORD, RedisServer
@@ -293,8 +293,27 @@ def test_every_key_expires_and_the_constructor_does_not_talk_to_redis(instance, 
     assert client.hgetall("ttl-check:row:k") == {
         "minute": str(int(NOW // 60)), "requests": "1", "tokens": "3", "period": "0", "spend": "0.5",
         "reserved_tokens": "0", "reserved_cost": "0"}
-    nowhere, _ = instance(url=f"redis://127.0.0.1:{_closed_port()}/0")
-    assert nowhere.status() == {"limits": "ok"}
+    started = time.monotonic()
+    nowhere, _ = instance(url=f"redis://127.0.0.1:{_closed_port()}/0")     # built without a word to Redis
+    assert time.monotonic() - started < 0.1
+    assert nowhere.status()["limits"].startswith("unreachable since ")     # readiness asks Redis itself
+
+
+def test_readiness_follows_redis_back_without_any_key_traffic(tmp_path, caplog):
+    server = RedisServer(tmp_path).start()
+    clock = Clock()
+    limits = RedisLimits(SharedMemoryState.private().limits(), server.url, logging.getLogger("test"), clock=clock)
+    try:
+        assert limits.status() == {"limits": "ok"}
+        server.stop()
+        clock.now += OUTAGE_RETRY
+        assert limits.status()["limits"].startswith("unreachable since ")
+        server.start()
+        clock.now += OUTAGE_RETRY
+        assert limits.status() == {"limits": "ok"}
+    finally:
+        limits.close()
+        server.stop()
 
 
 def test_a_redis_that_forgot_the_scripts_gets_them_again(instance, client):
@@ -320,8 +339,13 @@ def test_a_reserve_and_a_settle_are_one_script_call_each(instance, client):
     assert not {"cmdstat_eval", "cmdstat_script|load", "cmdstat_ping"} & set(stats)
 
 
-def test_greenlets_on_patched_sockets_count_exactly(server):
-    """Under gevent (as in a gunicorn worker), 50 greenlets over two instances: exactly the limit goes."""
+@pytest.mark.parametrize("background", [False, True], ids=["settled-inline", "settled-in-background"])
+def test_greenlets_on_patched_sockets_count_exactly(server, background):
+    """Under gevent (as in a gunicorn worker), 50 greenlets over two instances: exactly the limit goes.
+
+    Settled in the background (the gateway's way), a finished request frees its
+    slot a moment later, and closing sends every queued settle: no lease is left.
+    """
     program = textwrap.dedent("""
         from gevent import monkey; monkey.patch_all()
         import logging, sys, uuid
@@ -330,8 +354,8 @@ def test_greenlets_on_patched_sockets_count_exactly(server):
         from gateway.store.shared_memory import SharedMemoryState
         from gateway.types import Ask
         prefix = "greenlets:%s:" % uuid.uuid4().hex
-        pair = [RedisLimits(SharedMemoryState.private().limits(), sys.argv[1], logging.getLogger(), prefix=prefix)
-                for _ in range(2)]
+        pair = [RedisLimits(SharedMemoryState.private().limits(), sys.argv[1], logging.getLogger(), prefix=prefix,
+                            background=sys.argv[2] == "1") for _ in range(2)]
         now = 1_700_000_020.0
         flying = peak = 0
         def request(number, asks):
@@ -351,14 +375,21 @@ def test_greenlets_on_patched_sockets_count_exactly(server):
         jobs = [gevent.spawn(request, number, asks) for number in range(50) for asks in (per_minute, at_once)]
         gevent.joinall(jobs, raise_error=True)
         granted = sum(job.value for job in jobs[::2])
-        print(granted, peak, pair[0].status()["limits"], pair[1].status()["limits"])
+        served = sum(job.value for job in jobs[1::2])
+        statuses = [pair[0].status()["limits"], pair[1].status()["limits"]]
+        for limits in pair:
+            limits.close()
+        import redis
+        left = redis.Redis.from_url(sys.argv[1]).zcard(prefix + "leases:parallel")
+        print(granted, peak, served, left, *statuses)
     """)
-    result = subprocess.run([sys.executable, "-c", program, server.url], capture_output=True, text=True,
-                            timeout=60, cwd=Path(__file__).resolve().parents[2])
+    result = subprocess.run([sys.executable, "-c", program, server.url, "1" if background else "0"],
+                            capture_output=True, text=True, timeout=60, cwd=Path(__file__).resolve().parents[2])
     assert result.returncode == 0, result.stderr
-    granted, peak, *statuses = result.stdout.split()
+    granted, peak, served, left, *statuses = result.stdout.split()
     assert (granted, statuses) == ("5", ["ok", "ok"])
     assert peak == "2"      # never more than 2 in flight, and 2 at some moment
+    assert int(served) >= 2 and left == "0"     # every settle reached Redis
 
 
 # --- without Redis ---------------------------------------------------------------------------
