@@ -35,14 +35,17 @@ class WrkResult:
         return self.requests / self.seconds if self.seconds else 0.0
 
 
-def run_wrk(url: str, connections: int, seconds: float) -> WrkResult:
-    """One fixed-duration wrk run; two threads (one if there is one connection)."""
+def run_wrk(url: str, connections: int, seconds: float, api_key: str | None = None) -> WrkResult:
+    """One fixed-duration wrk run; two threads (one if there is one connection).
+    ``api_key``: sent as ``Authorization: Bearer`` (default: post.lua's, the bench master key)."""
     wrk = shutil.which("wrk")
     if wrk is None:
         raise LoadError("wrk is not installed")
     threads = min(2, connections)  # wrk refuses fewer connections than threads
     cmd = [wrk, f"-t{threads}", f"-c{connections}", f"-d{seconds:g}s", "--timeout", "10s",
            "--latency", "-s", str(SCRIPT), url]
+    if api_key:
+        cmd += ["--", api_key]
     try:
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 30)
     except subprocess.TimeoutExpired as exc:

@@ -2,6 +2,9 @@
 -- repeated. Counts non-2xx responses per thread (wrk's own error counter only
 -- sees status >= 400) and prints one machine-readable BENCH_RESULT line that
 -- tests/bench/loadgen.py parses, so no wrk text output is scraped.
+-- The API key is the script's first argument (`wrk ... -s post.lua URL -- KEY`),
+-- so each gateway of a run can be called with its own key; without one it is
+-- the bench config's master key. (wrk formats the request after init().)
 
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
@@ -19,6 +22,9 @@ end
 
 function init(args)
   non2xx = 0
+  if args[1] then
+    wrk.headers["Authorization"] = "Bearer " .. args[1]
+  end
 end
 
 function response(status, headers, body)

@@ -19,6 +19,7 @@ socket error, a stream cut short or malformed); 130 when interrupted.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import shlex
 import shutil
 import signal
@@ -32,15 +33,18 @@ from loadgen import LoadError, WrkResult, run_wrk
 from procs import Children, ForeignLoad, RssSampler, cpu_seconds, rss_bytes, tree
 from report import Measured, Point, Results, Side, VariantResults, render, render_comparison, render_variants
 from revision import Checkout, RevisionError, check_imports, check_process_tree, source_env, work_tree_label
-from servers import (DEFAULT_GATEWAY_CMD, HOST, REPO, StartError, Started, readiness, served_by, start_gateway,
-                     start_upstream, write_config)
+from servers import (DEFAULT_GATEWAY_CMD, HOST, MASTER_KEY, REPO, StartError, Started, readiness, served_by,
+                     start_gateway, start_upstream, write_config)
 from streams import StreamRun, run_streams
-from variants import DEFAULT_REDIS_URL, Variant, VariantError, check_redis, parse_variants
+from variants import (DEFAULT_POSTGRES_URL, DEFAULT_REDIS_URL, KEY_RPM_LIMIT, Variant, VariantError, check_redis,
+                      fresh_postgres_database, generate_key, key_requests, parse_variants)
 
 CHAT_PATH = "/v1/chat/completions"
 SAMPLE_BODY = b'{"model":"bench-model","messages":[{"role":"user","content":"Which deployment?"}],"max_tokens":8}'
 SAMPLE_REQUESTS = 30  # sequential calls per variant, to show which deployments serve
 COST_LIMIT, COST_LIMIT_REDIS = 0.05, 0.15  # largest c=64 throughput loss of a variant against the first
+# the same for a virtual key with an rpm limit: on the embedded default, and on PostgreSQL and/or Redis (issue 7)
+COST_LIMIT_KEY, COST_LIMIT_KEY_SCALE = 0.20, 0.30
 
 
 def _log(message: str) -> None:
@@ -66,10 +70,14 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
                             " temporary worktree and compare it with the work tree, load point by load point")
     which.add_argument("--variants", metavar="LIST",
                        help="run the work tree's gateway once per router config and compare them, load point"
-                            " by load point: 'single' or '<strategy>-<N>[-redis]', e.g."
-                            " single,least-busy-3,least-busy-3-redis (ratios against the first)")
+                            " by load point: 'single', '<strategy>-<N>[-redis]' or 'vkey[-pg][-redis]', e.g."
+                            " single,least-busy-3,least-busy-3-redis or single,vkey,vkey-pg-redis"
+                            " (ratios against the first)")
     parser.add_argument("--redis-url", default=DEFAULT_REDIS_URL,
                         help="general_settings.redis_url of the -redis variants")
+    parser.add_argument("--postgres-url", default=DEFAULT_POSTGRES_URL,
+                        help="PostgreSQL server on which the vkey-pg variants get a database made for the run"
+                             " (CREATE DATABASE, dropped at exit)")
     args = parser.parse_args(argv)
     args.duration = args.duration or (3.0 if args.quick else 10.0)
     args.connections = [int(c) for c in args.connections.split(",") if c.strip()]
@@ -105,7 +113,7 @@ def _through(connections: int, seconds: float, upstream: Started, gateway: Start
     """One wrk run through ``gateway``: result, gateway CPU ms per request, upstream CPU %."""
     gw_pids, up_pids = tree(gateway.proc.pid), tree(upstream.proc.pid)
     gw_cpu, up_cpu, started = cpu_seconds(gw_pids), cpu_seconds(up_pids), time.perf_counter()
-    result = run_wrk(f"http://{HOST}:{gateway.port}{CHAT_PATH}", connections, seconds)
+    result = run_wrk(f"http://{HOST}:{gateway.port}{CHAT_PATH}", connections, seconds, gateway.api_key)
     wall = time.perf_counter() - started
     # rescan: a worker recycled mid-run is in the master's cutime, a new one is in the tree
     gw_cpu = cpu_seconds(tree(gateway.proc.pid)) - gw_cpu
@@ -196,7 +204,7 @@ def _measure(args: argparse.Namespace, upstream: Started, gateways: dict[str, St
     try:
         _log("warm-up (connection pools, lazy imports)")
         for server in servers:
-            run_wrk(f"http://{HOST}:{server.port}{CHAT_PATH}", 16, 1.0)
+            run_wrk(f"http://{HOST}:{server.port}{CHAT_PATH}", 16, 1.0, server.api_key)
         points = []
         for i, connections in enumerate(args.connections):
             order = names[i % len(names):] + names[:i % len(names)] if rotate else names
@@ -205,7 +213,7 @@ def _measure(args: argparse.Namespace, upstream: Started, gateways: dict[str, St
         streams = {}
         for name, server in [("direct", upstream), *gateways.items()]:
             _log(f"streaming, {args.streams} streams x {args.chunks} chunks, {name}")
-            streams[name] = run_streams(HOST, server.port, args.streams, args.chunks)
+            streams[name] = run_streams(HOST, server.port, args.streams, args.chunks, api_key=server.api_key)
             _ensure_alive(*servers)
             time.sleep(0.2)
     finally:
@@ -244,43 +252,74 @@ def bench(args: argparse.Namespace, workdir: Path, children: Children,
     return results, _problems(run.points, run.streams)
 
 
-def _describe(variant: Variant, redis_url: str) -> str:
+def _describe(variant: Variant, redis_url: str, database_url: str | None) -> str:
     count = f"{variant.deployments} deployment{'s' if variant.deployments > 1 else ''}"
     state = f"redis_url {redis_url}" if variant.redis else "no redis_url"
-    return f"{count} of bench-model, {variant.strategy}, {state}"
+    text = f"{count} of bench-model, {variant.strategy}, {state}"
+    if variant.postgres:
+        text += f", database_url {database_url}"
+    if variant.key:
+        text += f", virtual key (rpm_limit {KEY_RPM_LIMIT:,})"
+    return text
+
+
+def _cost_limit(variant: Variant) -> float:
+    if variant.key:
+        return COST_LIMIT_KEY_SCALE if variant.postgres or variant.redis else COST_LIMIT_KEY
+    return COST_LIMIT_REDIS if variant.redis else COST_LIMIT
 
 
 def bench_variants(args: argparse.Namespace, workdir: Path, children: Children,
-                   ) -> tuple[VariantResults, list[str]]:
-    """The work tree's gateway once per variant config, all against one upstream."""
+                   resources: contextlib.ExitStack) -> tuple[VariantResults, list[str]]:
+    """The work tree's gateway once per variant config, all against one upstream. A PostgreSQL
+    database made for the run goes on ``resources``, closed after the gateways are stopped."""
     variants: list[Variant] = args.variants
     if any(v.redis for v in variants):
         check_redis(args.redis_url)
+    database_url = None
+    if any(v.postgres for v in variants):
+        database_url = resources.enter_context(fresh_postgres_database(args.postgres_url))
+        _log(f"PostgreSQL database for this run: {database_url} (dropped at exit)")
     foreign = ForeignLoad()
     _log(f"starting fake upstream ({args.upstream_procs} process(es)); logs in {workdir}")
     upstream = start_upstream(children, workdir, args.upstream_procs, args.chunks, args.chunk_delay_ms)
     gateways, rss_idle, served = {}, {}, {}
     for variant in variants:
-        config = write_config(workdir, upstream.port, variant.config(HOST, upstream.port, args.redis_url),
-                              name=variant.name)
-        _log(f"starting gateway {variant.name}: {_describe(variant, args.redis_url)}")
-        gateways[variant.name], rss_idle[variant.name] = _start_gateway(args, children, workdir, config,
-                                                                        variant.name)
-        served[variant.name] = served_by(gateways[variant.name].port, SAMPLE_REQUESTS, SAMPLE_BODY)
+        text = variant.config(HOST, upstream.port, args.redis_url, database_url)
+        home = workdir / variant.name  # a folder each: the default SQLite database lives next to the config
+        home.mkdir()
+        config = write_config(home, upstream.port, text, name=variant.name)
+        _log(f"starting gateway {variant.name}: {_describe(variant, args.redis_url, database_url)}")
+        gateway, rss_idle[variant.name] = _start_gateway(args, children, workdir, config, variant.name)
+        gateways[variant.name] = gateway
+        if variant.key:
+            gateway.api_key = generate_key(HOST, gateway.port, MASTER_KEY, f"bench-{variant.name}")
+            _log(f"{variant.name}: generated a virtual key ({gateway.api_key[:6]}...) with rpm_limit"
+                 f" {KEY_RPM_LIMIT:,}; the load sends it")
+        served[variant.name] = served_by(gateway.port, SAMPLE_REQUESTS, SAMPLE_BODY, gateway.api_key)
         _log(f"{variant.name}: {readiness(gateways[variant.name].port)}; {SAMPLE_REQUESTS} sequential calls"
              f" served by {served[variant.name]}")
     run = _measure(args, upstream, gateways, foreign, rotate=True)
     names = [v.name for v in variants]
+    describe = {v.name: _describe(v, args.redis_url, database_url) for v in variants}
+    if any(v.key for v in variants):
+        time.sleep(1.5)  # the spend writers' last batches
+    for variant in variants:  # the load went out with the key: its spend rows say so
+        if variant.key:
+            gateway = gateways[variant.name]
+            counted = key_requests(HOST, gateway.port, MASTER_KEY, gateway.api_key)
+            shown = f"{counted:,}" if isinstance(counted, int) else counted
+            describe[variant.name] += f"; requests on the key after the run: {shown}"
     results = VariantResults(
         command=shlex.join(sys.orig_argv), label=work_tree_label(REPO), variants=names,
-        describe={v.name: _describe(v, args.redis_url) for v in variants}, points=run.points,
+        describe=describe, points=run.points,
         streams_direct=run.streams["direct"], streams={n: run.streams[n] for n in names},
         stream_count=args.streams, chunks=args.chunks, rss_idle=rss_idle,
         rss_peak={n: max(run.peaks[n], rss_idle[n]) for n in names},
         first_200={n: gateways[n].first_200 for n in names},
         readiness={n: readiness(gateways[n].port) for n in names}, served=served, workers=args.workers,
         background_cores=run.background_cores,
-        cost_limits={v.name: COST_LIMIT_REDIS if v.redis else COST_LIMIT for v in variants})
+        cost_limits={v.name: _cost_limit(v) for v in variants})
     return results, _problems(run.points, run.streams)
 
 
@@ -298,11 +337,12 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     workdir = Path(tempfile.mkdtemp(prefix="shin-gateway-bench-"))
     children = Children()
+    resources = contextlib.ExitStack()  # closed after the children stop: a database they used
     checkout = None
     keep_logs = True
     try:
         if args.variants:
-            variant_results, problems = bench_variants(args, workdir, children)
+            variant_results, problems = bench_variants(args, workdir, children, resources)
             print(render_variants(variant_results))
         else:
             if args.baseline:
@@ -323,6 +363,10 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     finally:
         children.stop_all()  # before removing the checkout the baseline gateway runs in
+        try:
+            resources.close()
+        except Exception as exc:  # noqa: BLE001 - a clean-up failure must not hide the run's result
+            print(f"clean-up failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         if checkout is not None:
             checkout.remove()
         if keep_logs:

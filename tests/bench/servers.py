@@ -26,6 +26,7 @@ from pathlib import Path
 from procs import Children
 
 HOST = "127.0.0.1"
+MASTER_KEY = "bench-master-key"  # every generated config's general_settings.master_key
 REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
 DEFAULT_GATEWAY_CMD = (
@@ -39,7 +40,7 @@ model_list:
       api_base: http://{host}:{upstream_port}/v1
       api_key: bench-upstream-key
 general_settings:
-  master_key: bench-master-key
+  master_key: {master_key}
 """
 
 
@@ -53,6 +54,7 @@ class Started:
     port: int
     log: Path
     first_200: float = 0.0  # seconds from launch to the first 200 health answer
+    api_key: str = MASTER_KEY  # what the load sends as ``Authorization: Bearer`` (a variant's virtual key)
 
 
 def free_port() -> int:
@@ -100,7 +102,8 @@ def write_config(workdir: Path, upstream_port: int, text: str | None = None, nam
     """``<workdir>/<name>.yaml``: by default the one config every gateway of a plain or
     ``--baseline`` run reads (valid for old and new revisions); ``text`` for a variant's."""
     config = workdir / f"{name}.yaml"
-    config.write_text(text if text is not None else CONFIG_TEMPLATE.format(host=HOST, upstream_port=upstream_port))
+    config.write_text(text if text is not None else CONFIG_TEMPLATE.format(host=HOST, upstream_port=upstream_port,
+                                                                           master_key=MASTER_KEY))
     return config
 
 
@@ -122,12 +125,12 @@ def readiness(port: int) -> str:
     return f"{response.status} {body}"
 
 
-def served_by(port: int, requests: int, body: bytes) -> dict[str, int]:
+def served_by(port: int, requests: int, body: bytes, api_key: str = MASTER_KEY) -> dict[str, int]:
     """How many of ``requests`` chat calls each deployment served, by the
     ``x-litellm-model-id`` response header (``"-"`` when the header is absent)."""
     counts: dict[str, int] = {}
     conn = http.client.HTTPConnection(HOST, port, timeout=10.0)
-    headers = {"Authorization": "Bearer bench-master-key", "Content-Type": "application/json"}
+    headers = {"Authorization": f"Bearer {api_key}", "Content-Type": "application/json"}
     try:
         for _ in range(requests):
             conn.request("POST", "/v1/chat/completions", body=body, headers=headers)

@@ -185,11 +185,11 @@ class _SSEStream(asyncio.Protocol):
         self.done.set_result(result)
 
 
-def _request(host: str, port: int, body: bytes) -> bytes:
+def _request(host: str, port: int, body: bytes, api_key: str) -> bytes:
     return (b"POST /v1/chat/completions HTTP/1.1\r\nHost: %s:%d\r\n"
-            b"Authorization: Bearer bench-master-key\r\nContent-Type: application/json\r\n"
+            b"Authorization: Bearer %s\r\nContent-Type: application/json\r\n"
             b"Accept: text/event-stream\r\nContent-Length: %d\r\n\r\n%s") % (
-                host.encode(), port, len(body), body)
+                host.encode(), port, api_key.encode(), len(body), body)
 
 
 def _open(loop: asyncio.AbstractEventLoop, host: str, port: int, request: bytes, expected: int,
@@ -206,14 +206,14 @@ def _open(loop: asyncio.AbstractEventLoop, host: str, port: int, request: bytes,
     return stream, done
 
 
-async def _run(host: str, port: int, streams: int, expected: int, timeout: float) -> StreamRun:
+async def _run(host: str, port: int, streams: int, expected: int, timeout: float, api_key: str) -> StreamRun:
     body = json.dumps({
         "model": "bench-model",
         "messages": [{"role": "user", "content": "Stream a short answer about connection pooling."}],
         "stream": True,
         "max_tokens": 256,
     }, separators=(",", ":")).encode()
-    request = _request(host, port, body)
+    request = _request(host, port, body, api_key)
     loop = asyncio.get_running_loop()
     started = time.perf_counter()
     opened = [_open(loop, host, port, request, expected) for _ in range(streams)]
@@ -224,6 +224,7 @@ async def _run(host: str, port: int, streams: int, expected: int, timeout: float
     return StreamRun(results=[done.result() for _, done in opened], total=total)
 
 
-def run_streams(host: str, port: int, streams: int, expected_chunks: int, timeout: float = 60.0) -> StreamRun:
-    """Open ``streams`` concurrent streaming requests and wait for all of them."""
-    return asyncio.run(_run(host, port, streams, expected_chunks, timeout))
+def run_streams(host: str, port: int, streams: int, expected_chunks: int, timeout: float = 60.0,
+                api_key: str = "bench-master-key") -> StreamRun:
+    """Open ``streams`` concurrent streaming requests (``Authorization: Bearer <api_key>``) and wait for all."""
+    return asyncio.run(_run(host, port, streams, expected_chunks, timeout, api_key))
