@@ -113,9 +113,6 @@ class Service:
         if self._database is not None:
             self._database.close()
 
-    def forget_key(self, token: str) -> None:
-        self._keys.forget(token)
-
     def _database_status(self) -> str:
         """Asked of the database at most once a second: readiness needs no auth, so anyone may poll it."""
         now = time.monotonic()
