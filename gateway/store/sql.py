@@ -286,7 +286,16 @@ def _where(*, start=None, end=None, **equal) -> tuple[str, tuple]:
 
 
 def _chunks(values: list) -> list[list]:
-    return [values[i:i + _CHUNK] for i in range(0, len(values), _CHUNK)]
+    """Lists of exactly _CHUNK values (the last padded with repeats, which `IN` ignores).
+
+    One statement text for every batch size: the driver caches prepared
+    statements by text, and a differently sized `IN (…)` per batch would fill
+    its cache with hundreds of near-copies (megabytes per worker).
+    """
+    chunks = [values[i:i + _CHUNK] for i in range(0, len(values), _CHUNK)]
+    if chunks and len(chunks[-1]) < _CHUNK:
+        chunks[-1] = chunks[-1] + [chunks[-1][-1]] * (_CHUNK - len(chunks[-1]))
+    return chunks
 
 
 def _marks(values: list) -> str:
