@@ -110,6 +110,10 @@ class KeyChecker:
         cache[token] = entry
 
 
+ALL_MODELS = "all-proxy-models"     # the peer's way of writing "every model" in `models`
+
+
 def _principal(record: KeyRecord) -> Principal:
-    return Principal(name=record.key_alias or record.key_name, models=frozenset(record.models) or None,
-                     key=record)
+    models = frozenset(record.models)
+    return Principal(name=record.key_alias or record.key_name,
+                     models=None if not models or ALL_MODELS in models else models, key=record)

@@ -144,3 +144,9 @@ def test_a_key_never_seen_while_the_database_is_unreachable_gets_503(tmp_path):
     assert unavailable.value.status == 503 and unavailable.value.code == "service_unavailable"
     assert checker.authenticate(MASTER).is_master          # the master key needs no database
     down.close()
+
+
+def test_all_proxy_models_means_every_model_as_for_the_peer(database):
+    stored(database, "sk-every-model-gggg", models=("all-proxy-models",))
+    principal = KeyChecker(MASTER, database).authenticate("sk-every-model-gggg")
+    assert principal.may_use("gpt") and principal.may_use("anything-configured")
