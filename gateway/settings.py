@@ -28,7 +28,12 @@ MODES = ("chat", "embedding", "completion")
 FALLBACK_KEYS = ("fallbacks", "context_window_fallbacks", "content_policy_fallbacks")
 # Keys whose `os.environ/NAME` must resolve, or the gateway would serve open.
 FAIL_CLOSED_KEYS = (("general_settings", "master_key"), ("general_settings", "metrics_token"))
-NOT_ACTED_ON = ("litellm_settings.drop_params", "general_settings.metrics_token")
+NOT_ACTED_ON = ("general_settings.metrics_token",)
+AWS_KEYS = ("aws_access_key_id", "aws_secret_access_key", "aws_session_token", "aws_region_name")
+# Where AWS's own tools look for each, when a bedrock deployment does not name it.
+AWS_ENV = {"aws_access_key_id": ("AWS_ACCESS_KEY_ID",), "aws_secret_access_key": ("AWS_SECRET_ACCESS_KEY",),
+           "aws_session_token": ("AWS_SESSION_TOKEN",),
+           "aws_region_name": ("AWS_REGION_NAME", "AWS_REGION", "AWS_DEFAULT_REGION")}
 STATE_FD_ENV = "SHIN_GATEWAY_STATE_FD"   # the shared router state the gunicorn master made (server.py)
 HEAD_TIMEOUT = 10.0   # seconds for a request line and headers to arrive
 BODY_TIMEOUT = 30.0   # seconds for the body to arrive once the head has
@@ -55,6 +60,8 @@ class LitellmParamsSchema(_Strict):
     api_base = fields.String(allow_none=True, validate=validate.URL(require_tld=False, schemes={"http", "https"}))
     api_key = fields.String(allow_none=True)
     api_version = fields.String(allow_none=True)
+    azure_ad_token = fields.String(allow_none=True)
+    drop_params = fields.Boolean(allow_none=True)
     organization = fields.String(allow_none=True)
     extra_headers = fields.Dict(keys=fields.String(), values=fields.String(), allow_none=True)
     aws_access_key_id = fields.String(allow_none=True)
@@ -341,13 +348,15 @@ def _build(config_path: Path, data: dict, lines: dict, providers, needs_api_base
     seen_ids: set[str] = set()
     for index, entry in enumerate(data["model_list"]):
         unset = tuple(dict.fromkeys(name for key, name in missing.items() if key[:2] == ("model_list", index)))
-        deployment = _deployment(index, entry, default_timeout, lines, unset)
+        deployment = _deployment(index, entry, default_timeout, lines, unset, litellm["drop_params"], env)
         where = f"  line {deployment.line}: model_list.{index}"
         if providers is not None and deployment.provider not in providers:
             errors.append(f"{where}.litellm_params.model: unknown provider '{deployment.provider}' "
                           f"(supported: {', '.join(sorted(providers))})")
         if deployment.provider in needs_api_base and not deployment.api_base:
             errors.append(f"{where}.litellm_params.api_base: required for provider '{deployment.provider}'")
+        if deployment.provider == "bedrock":
+            errors += [f"{where}.litellm_params.{problem}" for problem in _bedrock_problems(deployment)]
         if deployment.id in seen_ids:
             errors.append(f"{where}.model_info.id: duplicate deployment id '{deployment.id}'")
         seen_ids.add(deployment.id)
@@ -366,7 +375,8 @@ def _build(config_path: Path, data: dict, lines: dict, providers, needs_api_base
             errors.append(f"  line {line}: router_settings.default_fallbacks.{i}: unknown model_name '{name}'")
     if errors:
         raise ConfigError("\n".join([f"{config_path}: invalid config:", *errors]))
-    secrets = [d.api_key for d in deployments] + [v for d in deployments for v in d.aws.values()]
+    secrets = [d.api_key for d in deployments] + [d.azure_ad_token for d in deployments]
+    secrets += [v for d in deployments for k, v in d.aws.items() if k != "aws_region_name"]
     secrets += [v for d in deployments for v in d.extra_headers.values()]
     secrets += [part for d in deployments for part in _url_credentials(d.api_base)]
     secrets += [general["master_key"], general["metrics_token"]]
@@ -399,14 +409,16 @@ def _build(config_path: Path, data: dict, lines: dict, providers, needs_api_base
     )
 
 
-def _deployment(index: int, entry: dict, default_timeout: float, lines: dict, unset_env: tuple) -> Deployment:
+def _deployment(index: int, entry: dict, default_timeout: float, lines: dict, unset_env: tuple,
+                drop_params: bool, env) -> Deployment:
     params = entry["litellm_params"]
     info = entry.get("model_info") or {}
     provider, _, upstream_model = params["model"].partition("/")
-    if provider == "bedrock" and upstream_model.startswith("converse/"):
-        upstream_model = upstream_model[len("converse/"):]
-    aws = {k: params[k] for k in ("aws_access_key_id", "aws_secret_access_key",
-                                  "aws_session_token", "aws_region_name") if params.get(k)}
+    aws = {k: params[k] for k in AWS_KEYS if params.get(k)}
+    if provider == "bedrock":
+        if upstream_model.startswith("converse/"):
+            upstream_model = upstream_model[len("converse/"):]
+        aws = _aws_from_env(aws, env, with_keys=not params.get("api_key"))
     deployment_id = info.get("id") or _stable_id(index, entry["model_name"], params)
     return Deployment(
         id=deployment_id, model_name=entry["model_name"], provider=provider, upstream_model=upstream_model,
@@ -419,6 +431,8 @@ def _deployment(index: int, entry: dict, default_timeout: float, lines: dict, un
         rpm=params.get("rpm"), tpm=params.get("tpm"),
         organization=params.get("organization"), api_version=params.get("api_version"),
         extra_headers=dict(params.get("extra_headers") or {}), aws=aws,
+        azure_ad_token=params.get("azure_ad_token"),
+        drop_params=drop_params if params.get("drop_params") is None else params["drop_params"],
         input_cost_per_token=_first(params, info, "input_cost_per_token"),
         output_cost_per_token=_first(params, info, "output_cost_per_token"),
         mode=info.get("mode") or "chat", max_tokens=info.get("max_tokens"),
@@ -426,6 +440,41 @@ def _deployment(index: int, entry: dict, default_timeout: float, lines: dict, un
         line=lines.get(("model_list", index)),
         unset_env=unset_env,
     )
+
+
+def _aws_from_env(aws: dict, env, *, with_keys: bool) -> dict:
+    """A bedrock deployment's AWS settings, completed from the variables AWS's own tools read.
+
+    The access keys come from the environment only as a pair, and only when the
+    config names neither them nor a Bedrock API key (`api_key`), so a config
+    always says which credentials a deployment uses.
+    """
+    filled = dict(aws)
+    keys = ("aws_access_key_id", "aws_secret_access_key", "aws_session_token")
+    if with_keys and not any(k in aws for k in keys):
+        found = {k: next((env[n] for n in AWS_ENV[k] if env.get(n)), None) for k in keys}
+        if found["aws_access_key_id"] and found["aws_secret_access_key"]:
+            filled.update({k: v for k, v in found.items() if v})
+    if "aws_region_name" not in filled:
+        region = next((env[n] for n in AWS_ENV["aws_region_name"] if env.get(n)), None)
+        if region:
+            filled["aws_region_name"] = region
+    return filled
+
+
+def _bedrock_problems(deployment: Deployment) -> list[str]:
+    """What a bedrock deployment lacks to sign and address its calls."""
+    problems = []
+    aws = deployment.aws
+    if not deployment.api_key and not ("aws_access_key_id" in aws and "aws_secret_access_key" in aws) \
+            and not deployment.unset_env:
+        problems.append("aws_access_key_id: bedrock needs aws_access_key_id and aws_secret_access_key "
+                        "(or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in the environment), "
+                        "or a Bedrock API key as api_key")
+    if "aws_region_name" not in aws and not (deployment.api_key and deployment.api_base):
+        problems.append("aws_region_name: bedrock needs a region (aws_region_name, or AWS_REGION in the "
+                        "environment) to address and sign its calls")
+    return problems
 
 
 def _url_credentials(url: str | None) -> tuple[str, ...]:

@@ -24,6 +24,8 @@ class Deployment:
     api_version: str | None = None
     extra_headers: Mapping[str, str] = field(default_factory=dict)
     aws: Mapping[str, str] = field(default_factory=dict, repr=False)
+    azure_ad_token: str | None = field(default=None, repr=False)
+    drop_params: bool = False     # leave out parameters this provider cannot take, instead of a 400
     input_cost_per_token: float = 0.0
     output_cost_per_token: float = 0.0
     mode: str = "chat"

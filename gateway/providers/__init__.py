@@ -22,10 +22,15 @@ OPENAI_COMPATIBLE_BASES = {
     "hosted_vllm": None,  # no default: api_base is required
 }
 
-NEEDS_API_BASE = frozenset(prefix for prefix, base in OPENAI_COMPATIBLE_BASES.items() if base is None)
+# Providers whose base URL is the customer's own (an Azure resource, a vLLM host): api_base is required.
+NEEDS_API_BASE = frozenset([*(prefix for prefix, base in OPENAI_COMPATIBLE_BASES.items() if base is None), "azure"])
 
 ADAPTERS = {
     **{prefix: "openai_compat:OpenAICompatibleAdapter" for prefix in OPENAI_COMPATIBLE_BASES},
+    "azure": "azure:AzureAdapter",
+    "anthropic": "anthropic:AnthropicAdapter",
+    "gemini": "gemini:GeminiAdapter",
+    "bedrock": "bedrock:BedrockAdapter",
     "mock": "mock:MockAdapter",
 }
 

@@ -12,31 +12,20 @@ from __future__ import annotations
 import json
 import re
 import time
-from dataclasses import dataclass
-from email.utils import parsedate_to_datetime
 from typing import Iterator
-from urllib.parse import urlsplit
 
 import orjson
 
-from ..errors import (RETRY_AFTER_MAX, BadUpstreamResponse, ContentPolicyViolation, ContextLengthExceeded, GatewayError,
-                      UpstreamAuthFailed, UpstreamClientError, UpstreamFailed, UpstreamRateLimited, UpstreamTimeout)
-from ..redact import Redactor
+from ..errors import BadUpstreamResponse, UpstreamFailed, UpstreamTimeout
 from ..tokens import estimate_completion_tokens, estimate_prompt_tokens
 from ..types import Completion, Deployment, ModelRequest, Usage
 from . import OPENAI_COMPATIBLE_BASES
-from .auth import HeaderAuth, bearer
-from .base import MAX_HEAD_EVENTS, Chunk, PrimedStream, carries_content, clean_usage
+from .auth import bearer
+from .base import MAX_HEAD_EVENTS, Chunk, carries_content, clean_usage
+from .failures import CONTENT_POLICY, CONTEXT_LENGTH, UpstreamError, has_signal
+from .http import MAX_EVENT, HTTPProvider, StreamState, error_fields
 from .sse import EventTooLarge, SSEDecoder
-from .transport import Transport, UpstreamResponse, within
-
-CONNECT_TIMEOUT = 5.0
-ENDPOINTS = ("chat/completions", "completions", "embeddings")
-# Largest whole answer read from an upstream: an embeddings batch (2,048 inputs of
-# 3,072 floats as JSON) is the biggest legitimate one.
-MAX_BODY = {"chat/completions": 32 << 20, "completions": 32 << 20, "embeddings": 256 << 20}
-MAX_ERROR_BODY = 1 << 20
-MAX_EVENT = 4 << 20
+from .transport import UpstreamResponse
 
 # How OpenAI-compatible servers say "prompt longer than the context window" when
 # they send no `context_length_exceeded` code (vLLM, llama.cpp, TGI-based hosts).
@@ -49,47 +38,37 @@ CONTEXT_WINDOW_SIGNALS = (
     "context window",
     "`max_new_tokens` must be <=",   # TGI: "`inputs` tokens + `max_new_tokens` must be <= 4096"
 )
-_PASSED_THROUGH_STATUSES = (400, 404, 422)
+_CLIENT_ERROR_STATUSES = (400, 404, 422)
 
 
-@dataclass(frozen=True)
-class _Upstream:
-    """Everything about one deployment that does not change between requests."""
-    transport: Transport
-    urls: dict
-    headers: dict
-    auth: HeaderAuth | None
-    where: str
+class OpenAICompatibleAdapter(HTTPProvider):
+    label = "this OpenAI-compatible server"
+    endpoints = ("chat/completions", "completions", "embeddings")
 
+    def base_url(self, deployment: Deployment) -> str:
+        return deployment.api_base or OPENAI_COMPATIBLE_BASES[deployment.provider]
 
-class OpenAICompatibleAdapter:
-    def __init__(self, deployments: list[Deployment], *, pool_maxsize: int, redactor: Redactor):
-        self._redact = redactor
-        transports: dict[str, Transport] = {}
-        self._upstreams: dict[str, _Upstream] = {}
-        for deployment in deployments:
-            base = deployment.api_base or OPENAI_COMPATIBLE_BASES[deployment.provider]
-            origin = "{0.scheme}://{0.netloc}".format(urlsplit(base))
-            transport = transports.get(origin) or transports.setdefault(origin, Transport(pool_maxsize))
-            headers = {"Content-Type": "application/json", "Accept": "application/json",
-                       "Accept-Encoding": "identity", "User-Agent": "shin-gateway"}
-            if deployment.organization:
-                headers["OpenAI-Organization"] = deployment.organization
-            headers.update(deployment.extra_headers)
-            self._upstreams[deployment.id] = _Upstream(
-                transport=transport, urls={e: f"{base}/{e}" for e in ENDPOINTS}, headers=headers,
-                auth=bearer(deployment.api_key), where=f"deployment {deployment.id}")
-        self._transports = list(transports.values())
+    def url(self, deployment: Deployment, base: str, endpoint: str, stream: bool) -> str:
+        return f"{base}/{endpoint}"
 
-    def complete(self, deployment: Deployment, request: ModelRequest, deadline: float | None = None) -> Completion:
-        response = self._post(deployment, request, stream=False, deadline=deadline)
-        try:
-            body = orjson.loads(response.content)
-        except orjson.JSONDecodeError:
-            body = None
-        if isinstance(body, dict) and "error" in body and "choices" not in body and "data" not in body:
-            raise self._in_band_error(body, response)
-        if not isinstance(body, dict) or ("choices" not in body and "data" not in body):
+    def headers(self, deployment: Deployment) -> dict:
+        return {"OpenAI-Organization": deployment.organization} if deployment.organization else {}
+
+    def auth(self, deployment: Deployment):
+        return bearer(deployment.api_key)
+
+    def request_body(self, deployment: Deployment, request: ModelRequest, stream: bool) -> dict:
+        payload = dict(request.params)
+        payload.update(request.extra)
+        payload["model"] = deployment.upstream_model
+        if stream and request.endpoint in _USAGE_ENDPOINTS:
+            options = payload.get("stream_options")
+            payload["stream_options"] = {**options, "include_usage": True} if isinstance(options, dict) \
+                else {"include_usage": True}
+        return payload
+
+    def completion(self, deployment: Deployment, request: ModelRequest, body: dict) -> Completion:
+        if "choices" not in body and "data" not in body:
             raise BadUpstreamResponse(f"the upstream sent an answer that is not an OpenAI response "
                                       f"({self._upstreams[deployment.id].where})")
         body["model"] = request.model
@@ -107,62 +86,35 @@ class OpenAICompatibleAdapter:
             counted = Usage(prompt, completion, prompt + completion)
         return Completion(body, counted)
 
-    def stream(self, deployment: Deployment, request: ModelRequest, deadline: float | None = None) -> PrimedStream:
-        """A stream primed within the call's deadline; after the first byte `stream_timeout` bounds each gap."""
-        where = self._upstreams[deployment.id].where
-        with within(deadline, where):  # one timer for the request and the read-ahead alike
-            response = self._post(deployment, request, stream=True, deadline=None)
-            gap = deployment.stream_timeout or deployment.timeout
-            state = _StreamState()
-            chunks = self._chunks(response, request.model.encode(), gap, state, request.include_usage)
-            return PrimedStream(chunks, lambda: response.close(drain=state.done),
-                                lambda: _estimated_usage(request, state.relayed)).prime()
+    def describe_error(self, status: int, content: bytes, headers) -> UpstreamError:
+        error = error_fields(content)
+        message = str(error.get("message") or "")
+        code = error.get("code") if isinstance(error.get("code"), str) else None
+        kind = None
+        if status in _CLIENT_ERROR_STATUSES:
+            if code == "context_length_exceeded" or has_signal(message, CONTEXT_WINDOW_SIGNALS):
+                kind = CONTEXT_LENGTH
+            elif code in CONTENT_POLICY_CODES:
+                kind = CONTENT_POLICY
+        return UpstreamError(status, message, kind=kind, code=code,
+                             type=error.get("type") if isinstance(error.get("type"), str) else None,
+                             param=error.get("param") if isinstance(error.get("param"), str) else None)
 
-    def close(self) -> None:
-        for transport in self._transports:
-            transport.close()
+    def in_band_error(self, body: dict) -> UpstreamError | None:
+        """An error object sent with HTTP 200: mapped by the status or code it names."""
+        if "error" not in body or "choices" in body or "data" in body:
+            return None
+        error = body["error"] if isinstance(body["error"], dict) else {"message": str(body["error"])}
+        status = _status_named(error) or _status_named(body) or 502
+        return self.describe_error(status, orjson.dumps({"error": error}), None)
+
+    def chunks(self, deployment: Deployment, request: ModelRequest, response: UpstreamResponse, gap: float,
+               state: StreamState) -> Iterator[Chunk]:
+        return self._chunks(response, request.model.encode(), gap, state, request.include_usage)
 
     # --- internals -------------------------------------------------------------------
 
-    def _post(self, deployment: Deployment, request: ModelRequest, *, stream: bool,
-              deadline: float | None) -> UpstreamResponse:
-        upstream = self._upstreams[deployment.id]
-        payload = dict(request.params)
-        payload.update(request.extra)
-        payload["model"] = deployment.upstream_model
-        if stream and request.endpoint in _USAGE_ENDPOINTS:
-            options = payload.get("stream_options")
-            payload["stream_options"] = {**options, "include_usage": True} if isinstance(options, dict) \
-                else {"include_usage": True}
-        headers = upstream.headers
-        if request.request_id:
-            headers = {**headers, "X-Request-Id": request.request_id}
-        read_timeout = (deployment.stream_timeout or deployment.timeout) if stream else deployment.timeout
-        response = upstream.transport.post(
-            upstream.urls[request.endpoint], orjson.dumps(payload), headers,
-            timeout=(min(CONNECT_TIMEOUT, deployment.timeout), read_timeout),
-            auth=upstream.auth, stream=stream, where=upstream.where, deadline=deadline,
-            max_body=MAX_BODY[request.endpoint])
-        if response.status != 200:
-            if stream:
-                response.read(MAX_ERROR_BODY, deadline)
-            response.close()
-            raise self._status_error(response.status, response.content, response.headers, upstream.where)
-        if stream and not _is_event_stream(response.headers):
-            # A JSON (or other) body where a stream was asked for: usually an error
-            # sent with status 200. Its message and status must reach the client.
-            response.read(MAX_ERROR_BODY, deadline)
-            response.close()
-            try:
-                body = orjson.loads(response.content)
-            except orjson.JSONDecodeError:
-                body = None
-            if isinstance(body, dict) and "error" in body:
-                raise self._in_band_error(body, response)
-            raise BadUpstreamResponse(f"the upstream answered a stream request without a stream ({upstream.where})")
-        return response
-
-    def _chunks(self, response: UpstreamResponse, alias: bytes, gap: float, state: "_StreamState",
+    def _chunks(self, response: UpstreamResponse, alias: bytes, gap: float, state: StreamState,
                 include_usage: bool) -> Iterator[Chunk]:
         """Upstream SSE → framed events for the client; ends at [DONE], raises on in-band errors.
 
@@ -260,39 +212,6 @@ class OpenAICompatibleAdapter:
             raise UpstreamFailed(self._redact(str(error.get("message") or "the upstream failed mid-stream"))[:500])
         return chunk
 
-    def _in_band_error(self, body: dict, response: UpstreamResponse) -> GatewayError:
-        """An error object sent with HTTP 200: map it by the status or code it names."""
-        error = body["error"] if isinstance(body["error"], dict) else {"message": str(body["error"])}
-        status = _status_named(error) or _status_named(body) or 502
-        return self._status_error(status, orjson.dumps({"error": error}), response.headers, response.where)
-
-    def _status_error(self, status: int, content: bytes, headers, where: str) -> GatewayError:
-        error = _error_fields(content)
-        message = self._redact(str(error.get("message") or f"the upstream answered HTTP {status}"))[:2000]
-        code = error.get("code") if isinstance(error.get("code"), str) else None
-        retry_after = _retry_after(headers)
-        if status in (401, 403):
-            return UpstreamAuthFailed(f"the upstream rejected the gateway's credentials ({where})")
-        if status == 429:
-            return UpstreamRateLimited(f"the upstream is rate limiting: {message}", retry_after=retry_after)
-        if status in _PASSED_THROUGH_STATUSES:
-            lowered = message.lower()
-            if code == "context_length_exceeded" or any(s in lowered for s in CONTEXT_WINDOW_SIGNALS):
-                return ContextLengthExceeded(message, param="messages")
-            if code in CONTENT_POLICY_CODES:
-                return ContentPolicyViolation(message)
-            param = error.get("param") if isinstance(error.get("param"), str) else None
-            return UpstreamClientError(message, status=status, param=param, code=code,
-                                       type=error.get("type") if isinstance(error.get("type"), str) else None)
-        if status == 408:
-            return UpstreamTimeout(f"the upstream timed out ({where})")
-        if status >= 500 or status == 409:
-            # Never echoed: 5xx text carries stack traces, file paths and host names.
-            return UpstreamFailed(f"the upstream failed with HTTP {status} ({where})", retry_after=retry_after)
-        error = UpstreamFailed(f"the upstream answered HTTP {status} ({where})")
-        error.retryable = False
-        return error
-
 
 _USAGE_ENDPOINTS = ("chat/completions", "completions")
 _FINISH = b'"finish_reason":"'
@@ -324,16 +243,6 @@ def _bears_text(choices) -> bool:
     return False
 
 
-def _estimated_usage(request: ModelRequest, relayed: int) -> Usage:
-    """A stream's usage when the upstream reported none: the prompt estimated, one token per content event.
-
-    Most servers send one token per chunk, so the count of content-bearing
-    events is close to the completion's tokens, at no cost on the hot path.
-    """
-    prompt = estimate_prompt_tokens(request.endpoint, request.params)
-    return Usage(prompt, relayed, prompt + relayed)
-
-
 def _data_of(events):
     for _event, payload in events:
         yield payload
@@ -362,50 +271,6 @@ def _unchanged(payload: bytes) -> bytes:
     return payload
 
 
-def _error_fields(content: bytes) -> dict:
-    """The error object of an OpenAI-style body, or vLLM's older top-level one."""
-    try:
-        body = orjson.loads(content)
-    except orjson.JSONDecodeError:
-        text = content[:500].decode("utf-8", "replace").strip()
-        return {"message": text} if text and not text.startswith("<") else {}
-    if isinstance(body, dict):
-        error = body.get("error", body)
-        if isinstance(error, dict):
-            return error
-        if isinstance(error, str):
-            return {"message": error}
-    return {}
-
-
-def _retry_after(headers) -> float | None:
-    """Seconds from `retry-after-ms` or `Retry-After` (seconds or an HTTP date), within [0, 300].
-
-    A value that is not a finite number or a date is ignored, as if absent.
-    """
-    for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
-        value = headers.get(name)
-        if not value:
-            continue
-        try:
-            seconds = float(value) * scale
-        except ValueError:
-            seconds = _seconds_until(value) if scale == 1.0 else None
-        if seconds is not None and seconds == seconds and seconds not in (float("inf"), float("-inf")):
-            return min(max(0.0, seconds), RETRY_AFTER_MAX)
-    return None
-
-
-def _seconds_until(http_date: str) -> float | None:
-    try:
-        when = parsedate_to_datetime(http_date)
-    except (TypeError, ValueError, IndexError, OverflowError):
-        return None
-    if when is None or when.tzinfo is None:
-        return None
-    return when.timestamp() - time.time()
-
-
 def _status_named(error: dict) -> int | None:
     """The HTTP status an in-band error object names, by number or by its well-known codes."""
     for key in ("status", "code", "status_code"):
@@ -422,18 +287,3 @@ def _status_named(error: dict) -> int | None:
     if "auth" in words or "permission" in words or "invalid_api_key" in words:
         return 401
     return None
-
-
-def _is_event_stream(headers) -> bool:
-    content_type = headers.get("content-type") or ""
-    return content_type.startswith("text/event-stream") or not content_type
-
-
-class _StreamState:
-    """What the relay learned that close() needs: did the upstream end with `[DONE]`, how many
-    content-bearing events went to the client?"""
-    __slots__ = ("done", "relayed")
-
-    def __init__(self) -> None:
-        self.done = False
-        self.relayed = 0

@@ -571,8 +571,8 @@ def test_priming_reads_only_up_to_the_first_content(adapter, dep, wire):
 # --- bounds and odd answers (hardening) ------------------------------------------------------------
 
 def test_a_whole_answer_over_the_cap_is_a_bad_upstream_response(adapter, dep, wire, monkeypatch):
-    from gateway.providers import openai_compat
-    monkeypatch.setitem(openai_compat.MAX_BODY, "chat/completions", 1000)
+    from gateway.providers import http
+    monkeypatch.setitem(http.MAX_BODY, "chat/completions", 1000)
     wire.add(responses.POST, CHAT_URL, body=sse(b'{"choices": ["' + b"x" * 600, b"y" * 600 + b'"]}'),
              stream=True, content_type="application/json")
     with pytest.raises(BadUpstreamResponse) as info:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.providers import ADAPTERS
+from gateway.providers import ADAPTERS, load_config
 from gateway.settings import ConfigError, load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -119,9 +119,10 @@ def test_full_contract_example_loads(load, tmp_path):
     assert {"sk-upstream-aaaa", "sk-master-bbbb", "metrics-cccc"} <= set(settings.secrets)
     (warning,) = settings.warnings     # said at start, never accepted silently
     assert warning.startswith("accepted but not acted on in this release: ")
-    for key in ("litellm_settings.drop_params", "general_settings.metrics_token"):
-        assert key in warning
-    for key in ("rpm", "tpm", "allowed_fails", "cooldown_time", "redis_url", "health_check", "database_url"):   # acted on
+    assert "general_settings.metrics_token" in warning
+    assert all(d.drop_params for d in settings.deployments)    # litellm_settings.drop_params reaches every deployment
+    for key in ("rpm", "tpm", "allowed_fails", "cooldown_time", "redis_url", "health_check", "database_url",
+                "drop_params"):   # acted on
         assert key not in warning
 
 
@@ -403,7 +404,56 @@ def test_bedrock_converse_prefix_is_the_same_model(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("model_list:\n  - model_name: x\n    litellm_params: "
                     "{model: bedrock/converse/anthropic.claude-3-haiku}\n")
-    assert load_settings(path, environ={}).deployments[0].upstream_model == "anthropic.claude-3-haiku"
+    env = {"AWS_ACCESS_KEY_ID": "AKIDEXAMPLE", "AWS_SECRET_ACCESS_KEY": "secret-example", "AWS_REGION": "eu-west-1"}
+    assert load_settings(path, environ=env).deployments[0].upstream_model == "anthropic.claude-3-haiku"
+
+
+def _bedrock(tmp_path, params: str, env: dict):
+    path = tmp_path / "c.yaml"
+    path.write_text(f"model_list:\n  - model_name: x\n    litellm_params: {{model: bedrock/m1, {params}}}\n")
+    return load_settings(path, environ=env).deployments[0]
+
+
+def test_bedrock_credentials_and_region_come_from_the_aws_environment_when_the_config_names_none(tmp_path):
+    env = {"AWS_ACCESS_KEY_ID": "AKIDENV", "AWS_SECRET_ACCESS_KEY": "secret-env", "AWS_SESSION_TOKEN": "tok-env",
+           "AWS_DEFAULT_REGION": "us-west-2"}
+    deployment = _bedrock(tmp_path, "timeout: 5", env)
+    assert dict(deployment.aws) == {"aws_access_key_id": "AKIDENV", "aws_secret_access_key": "secret-env",
+                                    "aws_session_token": "tok-env", "aws_region_name": "us-west-2"}
+    named = _bedrock(tmp_path, "aws_access_key_id: AKIDCONF, aws_secret_access_key: secret-conf", env)
+    assert named.aws["aws_access_key_id"] == "AKIDCONF" and "aws_session_token" not in named.aws   # never mixed
+
+
+def test_bedrock_with_no_credentials_or_no_region_is_refused_naming_what_is_missing(tmp_path):
+    with pytest.raises(ConfigError, match="aws_access_key_id: bedrock needs"):
+        _bedrock(tmp_path, "aws_region_name: us-east-1", {})
+    with pytest.raises(ConfigError, match="aws_region_name: bedrock needs a region"):
+        _bedrock(tmp_path, "aws_access_key_id: AKID, aws_secret_access_key: secret-x", {})
+    # a Bedrock API key at an explicit endpoint needs neither
+    bearer = _bedrock(tmp_path, "api_key: bedrock-api-key-x, api_base: 'http://127.0.0.1:9'", {})
+    assert bearer.api_key == "bedrock-api-key-x" and not bearer.aws
+
+
+def test_drop_params_per_deployment_wins_over_the_global_one(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("model_list:\n"
+                    "  - {model_name: a, litellm_params: {model: openai/a, drop_params: false}}\n"
+                    "  - {model_name: b, litellm_params: {model: openai/b}}\n"
+                    "litellm_settings: {drop_params: true}\n")
+    a, b = load_settings(path, environ={}).deployments
+    assert (a.drop_params, b.drop_params) == (False, True)
+
+
+def test_azure_needs_api_base_and_its_ad_token_is_a_secret(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("model_list:\n  - {model_name: a, litellm_params: {model: azure/gpt4o-dep}}\n")
+    with pytest.raises(ConfigError, match="api_base: required for provider 'azure'"):
+        load_config(path, environ={})
+    path.write_text("model_list:\n  - {model_name: a, litellm_params: {model: azure/gpt4o-dep, "
+                    "api_base: 'https://res.openai.azure.com', azure_ad_token: os.environ/AZ_TOKEN}}\n")
+    settings = load_config(path, environ={"AZ_TOKEN": "entra-token-zzzz"})
+    assert settings.deployments[0].azure_ad_token == "entra-token-zzzz"
+    assert "entra-token-zzzz" in settings.secrets and "entra-token-zzzz" not in repr(settings)
 
 
 # --- database_url --------------------------------------------------------------------------------
