@@ -6,6 +6,7 @@ the file, so an operator fixes the right line the first time.
 """
 from __future__ import annotations
 
+import datetime
 import hashlib
 import os
 from dataclasses import dataclass, field, replace
@@ -54,12 +55,21 @@ _positive = validate.Range(min=0, min_inclusive=False)
 _non_negative = validate.Range(min=0)
 
 
+class _DateOrString(fields.String):
+    """A string; an unquoted `2024-10-21` (which YAML reads as a date) counts as the string it looks like."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if isinstance(value, datetime.date):
+            return value.isoformat()
+        return super()._deserialize(value, attr, data, **kwargs)
+
+
 class LitellmParamsSchema(_Strict):
     model = fields.String(required=True, validate=validate.Regexp(
         r"^[A-Za-z0-9_.-]+/.+", error="must be '<provider>/<upstream model>', e.g. 'openai/gpt-4o-mini'"))
     api_base = fields.String(allow_none=True, validate=validate.URL(require_tld=False, schemes={"http", "https"}))
     api_key = fields.String(allow_none=True)
-    api_version = fields.String(allow_none=True)
+    api_version = _DateOrString(allow_none=True)
     azure_ad_token = fields.String(allow_none=True)
     drop_params = fields.Boolean(allow_none=True)
     organization = fields.String(allow_none=True)

@@ -530,3 +530,10 @@ def test_the_new_fallback_lists_load_and_name_known_groups(load):
     settings = load(text.replace("[nope]", "[mock]"))
     assert settings.router.default_fallbacks == ("mock",) and settings.router.max_fallbacks == 2
     assert settings.router.context_window_fallbacks == (("mock", ("mock",)),)
+
+
+def test_an_unquoted_api_version_date_is_read_as_the_string_it_looks_like(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("model_list:\n  - {model_name: a, litellm_params: {model: azure/dep, "
+                    "api_base: 'https://res.openai.azure.com', api_version: 2024-06-01}}\n")
+    assert load_config(path, environ={}).deployments[0].api_version == "2024-06-01"
