@@ -31,8 +31,6 @@ from .http import HTTPProvider
 UNSUPPORTED = ("n", "logprobs", "top_logprobs", "logit_bias", "seed", "presence_penalty", "frequency_penalty",
                "user", "parallel_tool_calls", "audio", "modalities", "prediction", "store", "metadata",
                "service_tier", "functions", "function_call", "reasoning_effort")
-_NEUTRAL = {"logprobs": False, "store": False, "presence_penalty": 0, "frequency_penalty": 0,
-            "parallel_tool_calls": True, "modalities": ["text"]}
 MODEL_FIELDS = ("top_k",)   # vendor extras that go to the model as additionalModelRequestFields
 
 IMAGE_FORMATS = {"image/png": "png", "image/jpeg": "jpeg", "image/jpg": "jpeg", "image/gif": "gif",
@@ -109,10 +107,8 @@ class BedrockAdapter(HTTPProvider):
     def request_body(self, deployment, request, stream):
         """Refused parameters raise here; with drop_params they are simply never translated."""
         params, extra = request.params, request.extra
-        asked = [name for name in (*UNSUPPORTED, *extra) if name not in MODEL_FIELDS
-                 and _means_something(name, params.get(name, extra.get(name)))]
-        if asked:
-            self.refuse_unsupported(deployment, request, asked)
+        self.refuse_unsupported(deployment, request, [name for name in (*UNSUPPORTED, *extra)
+                                                      if name not in MODEL_FIELDS])
         if (params.get("response_format") or {}).get("type") == "json_object" and not deployment.drop_params:
             raise InvalidRequest("response_format {'type': 'json_object'} is not supported by Bedrock "
                                  "(use 'json_schema').", param="response_format", code="unsupported_parameter")
@@ -156,10 +152,6 @@ def region_of(deployment) -> str:
     if not region:
         raise ValueError(f"deployment {deployment.id}: Bedrock needs aws_region_name")
     return region
-
-
-def _means_something(name: str, value) -> bool:
-    return value is not None and (name not in _NEUTRAL or value != _NEUTRAL[name])
 
 
 # --- signing -------------------------------------------------------------------------------

@@ -20,18 +20,34 @@ def new_id(prefix: str = "chatcmpl-") -> str:
 
 
 class ChunkWriter:
-    """The chunks of one translated stream: same id, `created` and model (the client's name) on each."""
-    __slots__ = ("id", "model", "created", "include_usage", "_head")
+    """The chunks of one translated stream: same id, `created` and model (the client's name) on each.
+
+    A text delta — nearly every event of a stream — is written into a frame
+    encoded once per stream, with only the text itself encoded per event, and
+    is handed on without a parsed dict (like a relayed OpenAI event): the
+    gateway inspects nothing in it.
+    """
+    __slots__ = ("_id", "model", "created", "include_usage", "_text_frame")
 
     def __init__(self, model: str, include_usage: bool, id: str | None = None):
-        self.id = id or new_id()
+        self._id = id or new_id()
         self.model = model
         self.created = int(time.time())
         self.include_usage = include_usage
-        self._head: dict | None = None
+        self._text_frame: tuple[bytes, bytes] | None = None
+
+    @property
+    def id(self) -> str:
+        return self._id
+
+    @id.setter
+    def id(self, value: str) -> None:
+        """The upstream's own id, when it gives one (set before the first chunk)."""
+        self._id = value
+        self._text_frame = None
 
     def _chunk(self, choice: dict | None, usage: dict | None = None) -> Chunk:
-        chunk = {"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
+        chunk = {"id": self._id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
                  "choices": [choice] if choice is not None else []}
         if usage is not None:
             chunk["usage"] = usage
@@ -42,7 +58,14 @@ class ChunkWriter:
                             "finish_reason": None})
 
     def text(self, text: str) -> Chunk:
-        return self._chunk({"index": 0, "delta": {"content": text}, "logprobs": None, "finish_reason": None})
+        if self._text_frame is None:
+            marker = "\x00"
+            payload, _ = self._chunk({"index": 0, "delta": {"content": marker}, "logprobs": None,
+                                      "finish_reason": None})
+            head, _, tail = payload.partition(orjson.dumps(marker))
+            self._text_frame = (head, tail)
+        head, tail = self._text_frame
+        return head + orjson.dumps(text) + tail, None
 
     def tool_call(self, index: int, *, id: str | None = None, name: str | None = None, arguments: str = "") -> Chunk:
         call: dict = {"index": index}

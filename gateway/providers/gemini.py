@@ -46,7 +46,6 @@ FILES_API_PREFIX = "https://generativelanguage.googleapis.com/"
 # OpenAI parameters with no Gemini meaning, and the values of some that ask for nothing (so may pass).
 UNSUPPORTED = ("logit_bias", "parallel_tool_calls", "user", "store", "metadata", "functions", "function_call",
                "logprobs", "top_logprobs", "reasoning_effort", "modalities")
-HARMLESS = {"parallel_tool_calls": True, "store": False, "logprobs": False, "modalities": ["text"]}
 VENDOR_EXTRAS = frozenset({"top_k"})   # the one extra Gemini takes (as topK)
 GENERATION_FIELDS = (("temperature", "temperature"), ("top_p", "topP"), ("seed", "seed"),
                      ("presence_penalty", "presencePenalty"), ("frequency_penalty", "frequencyPenalty"))
@@ -92,8 +91,7 @@ class GeminiAdapter(HTTPProvider):
             self.refuse_unsupported(deployment, request, ("user", *request.extra))
             return embedding_body(self._models[deployment.id], request.params)
         params = request.params
-        # absent names are skipped by refuse_unsupported; values that ask for nothing are left out here
-        names = [name for name in UNSUPPORTED if params.get(name, ...) != HARMLESS.get(name)]
+        names = list(UNSUPPORTED)   # refuse_unsupported skips the absent ones and values that ask for nothing
         names += [name for name in request.extra if name not in VENDOR_EXTRAS]
         if stream:
             names.append("n")

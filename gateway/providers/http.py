@@ -32,6 +32,10 @@ MAX_EVENT = 4 << 20
 # 3,072 floats as JSON) is the biggest legitimate one.
 MAX_BODY = {"embeddings": 256 << 20}
 DEFAULT_MAX_BODY = 32 << 20
+# Values of OpenAI parameters that ask for nothing: a provider without the parameter can
+# still take the request (UIs send `presence_penalty: 0`, SDKs `logprobs: false`).
+NEUTRAL_VALUES = {"n": 1, "logprobs": False, "store": False, "presence_penalty": 0, "frequency_penalty": 0,
+                  "parallel_tool_calls": True, "modalities": ["text"]}
 # Exceptions a translator raises on an upstream answer of an unexpected shape.
 _SHAPE_ERRORS = (KeyError, IndexError, TypeError, ValueError, AttributeError)
 
@@ -175,15 +179,15 @@ class HTTPProvider:
     def refuse_unsupported(self, deployment: Deployment, request: ModelRequest, names: Iterable[str]) -> set[str]:
         """The parameters of `names` this request sets, to be left out when `drop_params` is on; else 400.
 
-        A parameter counts as set when its value is not null (`n` only when it
-        is not 1, the one value every provider takes).
+        A parameter counts as set when its value is neither null nor one that
+        asks for nothing (NEUTRAL_VALUES: `n: 1`, `logprobs: false`, a zero penalty, …).
         """
         present = []
         for name in names:
             value = request.params.get(name)
             if value is None:
                 value = request.extra.get(name)
-            if value is None or (name == "n" and value == 1):
+            if value is None or (name in NEUTRAL_VALUES and value == NEUTRAL_VALUES[name]):
                 continue
             present.append(name)
         if present and not deployment.drop_params:
@@ -247,7 +251,7 @@ class HTTPProvider:
                 events = decoder.feed(data)
                 for event in events:
                     for chunk in translator.feed(event):
-                        state.relayed += bool(chunk[0] and chunk[1]["choices"])
+                        state.relayed += bool(chunk[0]) and (chunk[1] is None or bool(chunk[1]["choices"]))
                         yield chunk
                     if translator.done:
                         state.done = True
