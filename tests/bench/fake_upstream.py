@@ -11,6 +11,14 @@ possible or it becomes the thing being measured. This is a bare
   encoding: a role chunk, ``--chunks`` content chunks, a finish chunk and
   ``data: [DONE]``, each ``--chunk-delay-ms`` apart (so a default stream
   lasts about one second, like a short real completion).
+* ``POST /v1/messages`` -> the same answers in Anthropic's Messages format,
+  for ``anthropic/`` deployments (``--providers``): a ``message`` JSON body, or
+  with ``"stream": true`` the named SSE events Anthropic sends
+  (``message_start``, ``content_block_start``, ``ping``, one
+  ``content_block_delta``/``text_delta`` per content chunk,
+  ``content_block_stop``, ``message_delta`` with usage, ``message_stop``) with
+  the same chunk count and delays. It answers 401 unless the request carries
+  ``x-api-key: bench-upstream-key`` and an ``anthropic-version`` header.
 * ``GET /health`` -> 200, used by the runner as a readiness probe.
 
 Run: ``python tests/bench/fake_upstream.py --port 8100 [--procs 2]``.
@@ -51,6 +59,32 @@ WORDS = ("Connection", " pooling", " reuses", " sockets", ",", " which", " saves
 STREAM_HEAD = (b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
                b"Cache-Control: no-cache\r\nTransfer-Encoding: chunked\r\n\r\n")
 DONE_EVENT = b"data: [DONE]\n\n"
+
+# Anthropic Messages API (tests/reference/fixtures/anthropic/messages-stream-text.sse has a recorded stream)
+ANTHROPIC_KEY = "bench-upstream-key"
+MESSAGE = (
+    '{"id":"msg_bench%d","type":"message","role":"assistant","model":%s,"content":[{"type":"text",'
+    '"text":"Connection pooling reuses established connections, which removes the handshake cost from '
+    'every request. It also caps concurrent sockets, protecting both the client and the server under '
+    'load."}],"stop_reason":"end_turn","stop_sequence":null,"usage":{"input_tokens":31,'
+    '"cache_creation_input_tokens":0,"cache_read_input_tokens":0,"output_tokens":36}}'
+)
+ANTHROPIC_START = (
+    'event: message_start\ndata: {"type":"message_start","message":{"id":"msg_bench%d","type":"message",'
+    '"role":"assistant","model":%s,"content":[],"stop_reason":null,"stop_sequence":null,"usage":'
+    '{"input_tokens":31,"cache_creation_input_tokens":0,"cache_read_input_tokens":0,"output_tokens":1}}}\n\n'
+)
+ANTHROPIC_BLOCK_START = (b'event: content_block_start\ndata: {"type":"content_block_start","index":0,'
+                         b'"content_block":{"type":"text","text":""}}\n\n')
+ANTHROPIC_PING = b'event: ping\ndata: {"type": "ping"}\n\n'
+ANTHROPIC_DELTA = ('event: content_block_delta\ndata: {"type":"content_block_delta","index":0,'
+                   '"delta":{"type":"text_delta","text":%s}}\n\n')
+ANTHROPIC_BLOCK_STOP = b'event: content_block_stop\ndata: {"type":"content_block_stop","index":0}\n\n'
+ANTHROPIC_MESSAGE_DELTA = ('event: message_delta\ndata: {"type":"message_delta","delta":{"stop_reason":"end_turn",'
+                           '"stop_sequence":null},"usage":{"output_tokens":%d}}\n\n')
+ANTHROPIC_MESSAGE_STOP = b'event: message_stop\ndata: {"type":"message_stop"}\n\n'
+ANTHROPIC_AUTH_ERROR = (b'{"type":"error","error":{"type":"authentication_error","message":"invalid x-api-key"},'
+                        b'"request_id":"req_bench"}')
 
 
 def _chunked(payload: bytes) -> bytes:
@@ -110,6 +144,7 @@ class Upstream(asyncio.Protocol):
                 return
             method, path, version = parts
             length, keep_alive = 0, version == "HTTP/1.1"
+            api_key = version_header = None
             for line in lines[1:]:
                 name, _, value = line.partition(":")
                 name = name.strip().lower()
@@ -120,6 +155,10 @@ class Upstream(asyncio.Protocol):
                     keep_alive = token == "keep-alive" or (keep_alive and token != "close")
                 elif name == "transfer-encoding":
                     length = -1  # chunked request bodies are not needed by any client here
+                elif name == "x-api-key":
+                    api_key = value.strip()
+                elif name == "anthropic-version":
+                    version_header = value.strip()
             if length < 0 or length > MAX_BODY:
                 self._fail("400 Bad Request")
                 return
@@ -127,7 +166,11 @@ class Upstream(asyncio.Protocol):
                 return
             body = bytes(self.buf[end + 4:end + 4 + length])
             del self.buf[:end + 4 + length]
-            self._dispatch(method, path.split("?", 1)[0], body, keep_alive)
+            path = path.split("?", 1)[0]
+            if path == "/v1/messages" and (api_key != ANTHROPIC_KEY or not version_header):
+                self._reply("401 Unauthorized", ANTHROPIC_AUTH_ERROR, keep_alive)
+                continue
+            self._dispatch(method, path, body, keep_alive)
 
     def _fail(self, status: str) -> None:
         assert self.transport is not None
@@ -140,7 +183,7 @@ class Upstream(asyncio.Protocol):
         assert self.transport is not None
         if path == "/health" and method == "GET":
             self._reply("200 OK", b'{"status":"ok"}', keep_alive)
-        elif path != "/v1/chat/completions":
+        elif path not in ("/v1/chat/completions", "/v1/messages"):
             self._reply("404 Not Found", b'{"error":{"message":"not found"}}', keep_alive)
         elif method != "POST":
             self._reply("405 Method Not Allowed", b'{"error":{"message":"use POST"}}', keep_alive)
@@ -152,8 +195,11 @@ class Upstream(asyncio.Protocol):
                 self._reply("400 Bad Request", b'{"error":{"message":"invalid JSON"}}', keep_alive)
                 return
             Upstream.counter += 1
+            anthropic = path == "/v1/messages"
             if request.get("stream") is True:
-                self._start_stream(model, keep_alive)
+                self._start_stream(model, keep_alive, anthropic)
+            elif anthropic:
+                self._reply("200 OK", (MESSAGE % (Upstream.counter, model)).encode(), keep_alive)
             else:
                 body = (COMPLETION % (Upstream.counter, int(time.time()), model)).encode()
                 self._reply("200 OK", body, keep_alive)
@@ -166,17 +212,24 @@ class Upstream(asyncio.Protocol):
             self.transport = None
 
     # --- streaming --------------------------------------------------------------------
-    def _start_stream(self, model: str, keep_alive: bool) -> None:
-        """Send headers plus the role chunk now; the rest on a timer chain."""
+    def _start_stream(self, model: str, keep_alive: bool, anthropic: bool = False) -> None:
+        """Send headers plus the role chunk (Anthropic: message_start, content_block_start
+        and ping) now; the rest on a timer chain."""
         assert self.transport is not None
         self.streaming = True
         self.keep_alive = keep_alive
+        self.anthropic = anthropic
         self.stream_id = Upstream.counter
         self.model = model
         self.created = int(time.time())
         self.sent = 0
-        first = self._event('{"role":"assistant","content":""}', "null")
-        self.transport.write(STREAM_HEAD + _chunked(first))
+        if anthropic:
+            start = (ANTHROPIC_START % (self.stream_id, model)).encode()
+            self.transport.write(STREAM_HEAD + _chunked(start) + _chunked(ANTHROPIC_BLOCK_START)
+                                 + _chunked(ANTHROPIC_PING))
+        else:
+            first = self._event('{"role":"assistant","content":""}', "null")
+            self.transport.write(STREAM_HEAD + _chunked(first))
         self.timer = asyncio.get_running_loop().call_later(self.delay, self._next_chunk)
 
     def _event(self, delta: str, finish: str) -> bytes:
@@ -188,11 +241,19 @@ class Upstream(asyncio.Protocol):
             return
         if self.sent < self.chunks:
             word = json.dumps(WORDS[self.sent % len(WORDS)])
-            self.transport.write(_chunked(self._event('{"content":%s}' % word, "null")))
+            if self.anthropic:
+                self.transport.write(_chunked((ANTHROPIC_DELTA % word).encode()))
+            else:
+                self.transport.write(_chunked(self._event('{"content":%s}' % word, "null")))
             self.sent += 1
             self.timer = asyncio.get_running_loop().call_later(self.delay, self._next_chunk)
             return
-        self.transport.write(_chunked(self._event("{}", '"stop"')) + _chunked(DONE_EVENT) + b"0\r\n\r\n")
+        if self.anthropic:
+            delta = (ANTHROPIC_MESSAGE_DELTA % (self.chunks + 1)).encode()  # output_tokens is cumulative
+            self.transport.write(_chunked(ANTHROPIC_BLOCK_STOP) + _chunked(delta) + _chunked(ANTHROPIC_MESSAGE_STOP)
+                                 + b"0\r\n\r\n")
+        else:
+            self.transport.write(_chunked(self._event("{}", '"stop"')) + _chunked(DONE_EVENT) + b"0\r\n\r\n")
         self.streaming = False
         if not self.keep_alive:
             self.transport.close()

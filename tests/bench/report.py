@@ -340,3 +340,107 @@ def render_variants(res: VariantResults) -> str:
         verdict = "n/a" if passed is None else ("PASS" if passed else "MISS")
         out.append(f"  {name:<{label}}  {measured:<36} {verdict}")
     return "\n".join(out)
+
+
+# --- one gateway, one model group per upstream wire format (--providers) -------------------
+
+@dataclass
+class ProviderLeg:
+    """One provider's streams in one round, with the CPU spent while they ran."""
+
+    provider: str
+    round: int  # 1-based
+    run: StreamRun
+    gateway_cpu: float  # seconds, master and workers
+    upstream_cpu: float  # seconds
+
+
+@dataclass
+class ProviderResults:
+    command: str
+    label: str  # what the work tree holds
+    providers: list[str]  # in the order given; the first is the reference of every ratio
+    describe: dict[str, str]  # provider -> its model group, deployment and wire format
+    streams_direct: StreamRun  # OpenAI SSE straight from the upstream
+    legs: list[ProviderLeg]  # in the order they ran
+    stream_count: int
+    chunks: int
+    chunk_delay_ms: float
+    rounds: int
+    rss_idle: int
+    rss_peak: int
+    first_200: float
+    workers: int
+    background_cores: float
+    cpu_limit: float
+    target: tuple[str, str]  # (reference, translated) of the CPU target
+
+
+def _per_stream_ms(legs: list[ProviderLeg], provider: str, attribute: str = "gateway_cpu") -> float:
+    """CPU ms per stream of ``provider``, pooled over its legs."""
+    mine = [leg for leg in legs if leg.provider == provider]
+    return _ratio(sum(getattr(leg, attribute) for leg in mine) * 1000, sum(len(leg.run.results) for leg in mine))
+
+
+def render_providers(res: ProviderResults) -> str:
+    """The streaming load through each provider's group of one gateway: time, CPU per stream, ratio."""
+    first, names = res.providers[0], res.providers
+    width = max(9, *(len(n) for n in names))
+    out = [f"$ {res.command}", "", f"code: {res.label}",
+           "providers (one gateway, one model group each, every group on the same fake upstream; ratios are"
+           " against the first):"]
+    for name in names:
+        out.append(f"  {name:<{width}}  {res.describe[name]}")
+    out.append("")
+    if res.background_cores > NOISY_CORES:
+        out.append(f"WARNING: other processes used {res.background_cores:.2f} cores on average during the run;"
+                   " every figure below is skewed by that load.\n")
+    out.append(f"Streaming: {res.stream_count} concurrent streams x {res.chunks} content chunks,"
+               f" {res.chunk_delay_ms:g} ms apart, per leg (latency in ms; gw CPU = utime+stime of the gateway's"
+               " master and workers during the leg; ratio = CPU per stream against the first provider's, pooled)")
+    head = (f"{'':>{width}} | {'round':>5} | {'TTFB p50':>8} {'TTFB p99':>8} | {'total s':>7} {'vs direct':>9}"
+            f" | {'complete':>8} | {'gw CPU s':>8} {'ms/stream':>9} | {'upstr ms/stream':>15}")
+    out += [head, "-" * len(head)]
+    p50, p99 = _ttfb_ms(res.streams_direct)
+    direct_total = res.streams_direct.total
+    ok = len(res.streams_direct.results) - len(res.streams_direct.failures)
+    out.append(f"{'direct':>{width}} | {'':>5} | {p50:>8.1f} {p99:>8.1f} | {direct_total:>7.3f} {'':>9}"
+               f" | {f'{ok}/{len(res.streams_direct.results)}':>8} | {'':>8} {'':>9} | {'':>15}")
+    for leg in res.legs:
+        run, streams = leg.run, len(leg.run.results)
+        p50, p99 = _ttfb_ms(run)
+        ok = streams - len(run.failures)
+        vs = f"{(_ratio(run.total, direct_total) - 1) * 100:+.1f}%"
+        out.append(f"{leg.provider:>{width}} | {leg.round:>5} | {p50:>8.1f} {p99:>8.1f} | {run.total:>7.3f} {vs:>9}"
+                   f" | {f'{ok}/{streams}':>8} | {leg.gateway_cpu:>8.2f} {_ratio(leg.gateway_cpu * 1000, streams):>9.2f}"
+                   f" | {_ratio(leg.upstream_cpu * 1000, streams):>15.2f}")
+    out.append("")
+    out.append(f"Gateway CPU per stream, pooled over {res.rounds} round{'s' if res.rounds > 1 else ''}"
+               " (ratio range = lowest and highest per-round ratio)")
+    head = f"{'':>{width}} | {'ms/stream':>9} {'ratio':>6} | {'ratio range':>13} | {'upstr ms/stream':>15}"
+    out += [head, "-" * len(head)]
+    base = _per_stream_ms(res.legs, first)
+    for name in names:
+        per_round = [_ratio(_per_stream_ms([leg for leg in res.legs if leg.round == r], name),
+                            _per_stream_ms([leg for leg in res.legs if leg.round == r], first))
+                     for r in range(1, res.rounds + 1)]
+        mine = _per_stream_ms(res.legs, name)
+        out.append(f"{name:>{width}} | {mine:>9.2f} {_ratio(mine, base):>6.3f}"
+                   f" | {f'{min(per_round):.3f}-{max(per_round):.3f}':>13}"
+                   f" | {_per_stream_ms(res.legs, name, 'upstream_cpu'):>15.2f}")
+    out.append("")
+    out.append(f"Gateway processes (master + {res.workers} workers): RSS idle {res.rss_idle / MB:.1f} MB,"
+               f" peak under load {res.rss_peak / MB:.1f} MB; time to first 200 {res.first_200:.3f} s")
+    out.append(f"Other load on the machine during the run: {res.background_cores:.2f} cores on average")
+    out.append("")
+    out.append("Targets")
+    reference, translated = res.target
+    name = f"{translated}: gateway CPU per stream <= {res.cpu_limit:g} x {reference}"
+    if reference in names and translated in names:
+        ref, mine = _per_stream_ms(res.legs, reference), _per_stream_ms(res.legs, translated)
+        ratio = _ratio(mine, ref)
+        out.append(f"  {name}  {f'{mine:.2f} vs {ref:.2f} ms = {ratio:.3f}':<32} "
+                   f"{'PASS' if ratio <= res.cpu_limit else 'MISS'}")
+    else:
+        out.append(f"  {name}  {f'needs --providers {reference},{translated}':<36} n/a")
+    return "\n".join(out)

@@ -1,10 +1,12 @@
 """Benchmark the gateway against calling the upstream directly; print one table.
 
-Usage: ``.venv/bin/python tests/bench/run.py [--quick] [--baseline REV | --variants LIST]``
+Usage: ``.venv/bin/python tests/bench/run.py [--quick] [--baseline REV | --variants LIST | --providers LIST]``
 from the repo root. With ``--baseline REV`` a second gateway runs from a
 temporary git worktree of REV and every load point is measured direct,
 baseline, current; with ``--variants single,least-busy-3,…`` the work tree's
-gateway runs once per router configuration, all measured at every load point
+gateway runs once per router configuration, all measured at every load point;
+with ``--providers openai,anthropic`` only the streaming load runs, through one
+gateway's model group per upstream wire format, with its CPU per stream
 (README.md).
 
 Why "direct vs gateway" on the same box, same client, same upstream: absolute
@@ -31,7 +33,10 @@ from pathlib import Path
 
 from loadgen import LoadError, WrkResult, run_wrk
 from procs import Children, ForeignLoad, RssSampler, cpu_seconds, rss_bytes, tree
-from report import Measured, Point, Results, Side, VariantResults, render, render_comparison, render_variants
+from providers import (CPU_LIMIT, PROVIDERS, REFERENCE, TRANSLATED, ProviderError, parse_providers, probe,
+                       providers_config)
+from report import (Measured, Point, ProviderLeg, ProviderResults, Results, Side, VariantResults, render,
+                    render_comparison, render_providers, render_variants)
 from revision import Checkout, RevisionError, check_imports, check_process_tree, source_env, work_tree_label
 from servers import (DEFAULT_GATEWAY_CMD, HOST, MASTER_KEY, REPO, StartError, Started, readiness, served_by,
                      start_gateway, start_upstream, write_config)
@@ -73,6 +78,12 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
                             " by load point: 'single', '<strategy>-<N>[-redis]' or 'vkey[-pg][-redis]', e.g."
                             " single,least-busy-3,least-busy-3-redis or single,vkey,vkey-pg-redis"
                             " (ratios against the first)")
+    which.add_argument("--providers", metavar="LIST",
+                       help="only the streaming load, through one gateway with a model group per upstream wire"
+                            " format (openai: OpenAI SSE relayed; anthropic: Anthropic Messages SSE translated),"
+                            " e.g. openai,anthropic: gateway CPU per stream and its ratio against the first")
+    parser.add_argument("--rounds", type=int, default=2,
+                        help="with --providers: stream legs per provider, the order rotating each round")
     parser.add_argument("--redis-url", default=DEFAULT_REDIS_URL,
                         help="general_settings.redis_url of the -redis variants")
     parser.add_argument("--postgres-url", default=DEFAULT_POSTGRES_URL,
@@ -85,6 +96,12 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.variants = parse_variants(args.variants) if args.variants else None
     except VariantError as exc:
         parser.error(str(exc))
+    try:
+        args.providers = parse_providers(args.providers) if args.providers else None
+    except ProviderError as exc:
+        parser.error(str(exc))
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
     return args
 
 
@@ -323,6 +340,64 @@ def bench_variants(args: argparse.Namespace, workdir: Path, children: Children,
     return results, _problems(run.points, run.streams)
 
 
+def _stream_leg(args: argparse.Namespace, upstream: Started, gateway: Started, provider: str,
+                model: str, round_: int) -> ProviderLeg:
+    """One provider's streams, with the gateway's and the upstream's CPU while they ran."""
+    gw_cpu, up_cpu = cpu_seconds(tree(gateway.proc.pid)), cpu_seconds(tree(upstream.proc.pid))
+    run = run_streams(HOST, gateway.port, args.streams, args.chunks, api_key=gateway.api_key, model=model)
+    # rescan: a worker recycled mid-leg is in the master's cutime, a new one is in the tree
+    gw_cpu = cpu_seconds(tree(gateway.proc.pid)) - gw_cpu
+    up_cpu = cpu_seconds(tree(upstream.proc.pid)) - up_cpu
+    return ProviderLeg(provider, round_, run, gw_cpu, up_cpu)
+
+
+def bench_providers(args: argparse.Namespace, workdir: Path, children: Children) -> tuple[ProviderResults, list[str]]:
+    """The streaming load through one gateway, once per provider's model group, ``--rounds`` times."""
+    providers = args.providers
+    foreign = ForeignLoad()
+    _log(f"starting fake upstream ({args.upstream_procs} process(es)); logs in {workdir}")
+    upstream = start_upstream(children, workdir, args.upstream_procs, args.chunks, args.chunk_delay_ms)
+    config = write_config(workdir, upstream.port, providers_config(HOST, upstream.port, providers, MASTER_KEY),
+                          name="providers")
+    describe = {p.name: p.describe(HOST, upstream.port) for p in providers}
+    _log("starting gateway: " + "; ".join(f"{name} {text}" for name, text in describe.items()))
+    gateway, rss_idle = _start_gateway(args, children, workdir, config, "gateway")
+    for provider in providers:
+        _log(f"{provider.name}: a call to {provider.group} answered {probe(HOST, gateway.port, provider, MASTER_KEY)!r}")
+    sampler = RssSampler(gateway.proc.pid)
+    sampler.start()
+    try:
+        warm = min(args.streams, 20)
+        for provider in providers:
+            _log(f"warm-up: {warm} streams through {provider.name}")
+            failures = run_streams(HOST, gateway.port, warm, args.chunks, model=provider.group).failures
+            if failures:
+                raise Broken(f"{provider.name} warm-up: {len(failures)}/{warm} streams failed, e.g. {failures[0]};"
+                             f" see {gateway.log}")
+        _log(f"streaming, {args.streams} streams x {args.chunks} chunks, direct (OpenAI SSE)")
+        direct = run_streams(HOST, upstream.port, args.streams, args.chunks)
+        legs = []
+        names = [p.name for p in providers]
+        for round_ in range(args.rounds):
+            order = names[round_ % len(names):] + names[:round_ % len(names)]
+            for name in order:
+                time.sleep(0.2)  # let the previous leg's sockets close
+                _log(f"round {round_ + 1}/{args.rounds}: {args.streams} streams x {args.chunks} chunks via {name}")
+                legs.append(_stream_leg(args, upstream, gateway, name, PROVIDERS[name].group, round_ + 1))
+                _ensure_alive(upstream, gateway)
+    finally:
+        peak = sampler.stop()
+    background = foreign.cores(sum(cpu_seconds(tree(s.proc.pid)) for s in (upstream, gateway)))
+    results = ProviderResults(
+        command=shlex.join(sys.orig_argv), label=work_tree_label(REPO), providers=names, describe=describe,
+        streams_direct=direct, legs=legs, stream_count=args.streams, chunks=args.chunks,
+        chunk_delay_ms=args.chunk_delay_ms, rounds=args.rounds, rss_idle=rss_idle, rss_peak=max(peak, rss_idle),
+        first_200=gateway.first_200, workers=args.workers, background_cores=background, cpu_limit=CPU_LIMIT,
+        target=(REFERENCE, TRANSLATED))
+    runs = {"direct": direct} | {f"{leg.provider} round {leg.round}": leg.run for leg in legs}
+    return results, _problems([], runs)
+
+
 def _terminate(signum: int, frame: object) -> None:
     raise KeyboardInterrupt  # same clean-up path as Ctrl-C
 
@@ -332,7 +407,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started with SIGINT ignored
     signal.signal(signal.SIGTERM, _terminate)
     began = time.perf_counter()
-    if shutil.which("wrk") is None:
+    if shutil.which("wrk") is None and not args.providers:
         print("BROKEN: wrk is not on PATH; install it, e.g. `apt-get install -y wrk`", file=sys.stderr)
         return 1
     workdir = Path(tempfile.mkdtemp(prefix="shin-gateway-bench-"))
@@ -344,6 +419,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.variants:
             variant_results, problems = bench_variants(args, workdir, children, resources)
             print(render_variants(variant_results))
+        elif args.providers:
+            provider_results, problems = bench_providers(args, workdir, children)
+            print(render_providers(provider_results))
         else:
             if args.baseline:
                 checkout = Checkout(REPO, args.baseline)
@@ -355,7 +433,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"BROKEN: {problem}")
         keep_logs = bool(problems)
         return 1 if problems else 0
-    except (StartError, Broken, LoadError, RevisionError, VariantError) as exc:
+    except (StartError, Broken, LoadError, RevisionError, VariantError, ProviderError) as exc:
         print(f"BROKEN: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -206,9 +206,10 @@ def _open(loop: asyncio.AbstractEventLoop, host: str, port: int, request: bytes,
     return stream, done
 
 
-async def _run(host: str, port: int, streams: int, expected: int, timeout: float, api_key: str) -> StreamRun:
+async def _run(host: str, port: int, streams: int, expected: int, timeout: float, api_key: str,
+               model: str) -> StreamRun:
     body = json.dumps({
-        "model": "bench-model",
+        "model": model,
         "messages": [{"role": "user", "content": "Stream a short answer about connection pooling."}],
         "stream": True,
         "max_tokens": 256,
@@ -225,6 +226,7 @@ async def _run(host: str, port: int, streams: int, expected: int, timeout: float
 
 
 def run_streams(host: str, port: int, streams: int, expected_chunks: int, timeout: float = 60.0,
-                api_key: str = "bench-master-key") -> StreamRun:
-    """Open ``streams`` concurrent streaming requests (``Authorization: Bearer <api_key>``) and wait for all."""
-    return asyncio.run(_run(host, port, streams, expected_chunks, timeout, api_key))
+                api_key: str = "bench-master-key", model: str = "bench-model") -> StreamRun:
+    """Open ``streams`` concurrent streaming requests (``Authorization: Bearer <api_key>``, ``model``)
+    and wait for all."""
+    return asyncio.run(_run(host, port, streams, expected_chunks, timeout, api_key, model))
