@@ -71,6 +71,7 @@ CONTEXT_SIGNALS = ("prompt is too long", "exceed context limit", "exceeds contex
 class AnthropicAdapter(HTTPProvider):
     label = "Anthropic"
     default_base = "https://api.anthropic.com"
+    keepalive_events = frozenset({"ping"})
 
     def url(self, deployment, base: str, endpoint: str, stream: bool) -> str:
         base = base.rstrip("/")

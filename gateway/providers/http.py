@@ -79,6 +79,9 @@ class HTTPProvider:
     default_base: str | None = None
     endpoints: tuple[str, ...] = ("chat/completions",)
     stream_content_types: tuple[str, ...] = ("text/event-stream",)
+    # Event names that only keep a connection alive (Anthropic's `ping`): they do not
+    # reset the stall timer, or an upstream pinging forever would hold a stream forever.
+    keepalive_events: frozenset = frozenset()
 
     def __init__(self, deployments: list[Deployment], *, pool_maxsize: int, redactor):
         self._redact = redactor
@@ -245,6 +248,7 @@ class HTTPProvider:
         where = response.where
         translator = self.translator(deployment, request, ChunkWriter(request.model, request.include_usage))
         decoder = self.stream_decoder()
+        keepalives = self.keepalive_events
         last_event = time.monotonic()
         try:
             for data in response.iter_bytes():
@@ -256,7 +260,7 @@ class HTTPProvider:
                     if translator.done:
                         state.done = True
                         return
-                if events:
+                if events and (not keepalives or any(event[0] not in keepalives for event in events)):
                     last_event = time.monotonic()
                 elif time.monotonic() - last_event > gap:
                     raise UpstreamTimeout(f"the upstream stream stalled for over {gap:g} s ({where})")

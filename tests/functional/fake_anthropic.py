@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import socket
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -110,6 +111,8 @@ class _Handler(BaseHTTPRequestHandler):
             events = _events(model, [{"type": "text", "text": "partial answer"}], "end_turn")[:4]
             events.append(("error", {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}))
             return self._stream_raw(b"".join(_sse(name, data) for name, data in events))
+        if model == "ping-forever":
+            return self._ping_forever(_events(model, [{"type": "text", "text": "thinking it over"}], "end_turn")[:4])
         if body.get("stream"):
             return self._stream_raw(b"".join(_sse(name, data) for name, data in _events(model, blocks, stop_reason)))
         self._json(200, {"model": model + "-20250929", "id": "msg_01FakeAnthropicAnswer", "type": "message",
@@ -139,6 +142,27 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header(name, value)
         self.end_headers()
         self.wfile.write(data)
+
+    def _ping_forever(self, head: list, seconds: float = 6.0, every: float = 0.2):
+        """Content, then nothing but Anthropic's `ping` keep-alives: an upstream that is stuck but alive."""
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream; charset=utf-8")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        events = [_sse(name, data) for name, data in head]
+        deadline = time.monotonic() + seconds
+        try:
+            while True:
+                for event in events:
+                    self.wfile.write(b"%x\r\n%s\r\n" % (len(event), event))
+                self.wfile.flush()
+                if time.monotonic() > deadline:
+                    break
+                events = [_sse("ping", {"type": "ping"})]
+                time.sleep(every)
+            self.wfile.write(b"0\r\n\r\n")
+        except OSError:
+            pass   # the gateway gave up on the stream, as it should
 
     def _stream_raw(self, data: bytes):
         """An SSE body in chunked coding, cut into small pieces as a real network would."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import textwrap
+import time
 
 import openai
 import pytest
@@ -214,6 +215,31 @@ def test_an_error_event_after_content_ends_the_stream_with_an_error_and_no_done(
     assert "par" in json.dumps(events)
     assert set(events[-1]) == {"error"} and events[-1]["error"]["code"] == "upstream_error"
     assert b"[DONE]" not in response.body
+
+
+def test_pings_alone_do_not_keep_a_stuck_stream_alive_past_stream_timeout(start_gateway, fake):
+    """`ping` is a keep-alive: an upstream that sends nothing else ends in an in-band timeout."""
+    text = textwrap.dedent(f"""\
+        model_list:
+          - model_name: claude-stuck
+            litellm_params:
+              model: anthropic/ping-forever
+              api_base: {fake.base_url}
+              api_key: os.environ/ANTHROPIC_TEST_KEY
+              stream_timeout: 1
+        general_settings:
+          master_key: {MASTER_KEY}
+        """)
+    process = start_gateway(text, env={"ANTHROPIC_TEST_KEY": ANTHROPIC_KEY})
+    started = time.monotonic()
+    response = stream_events(process, chat_body("claude-stuck"))
+    elapsed = time.monotonic() - started
+    events = [e.json() for e in response.events]
+    text = "".join(e["choices"][0]["delta"].get("content") or "" for e in events if e.get("choices"))
+    assert text and "thinking it over".startswith(text)
+    assert set(events[-1]) == {"error"} and events[-1]["error"]["code"] == "upstream_timeout"
+    assert b"[DONE]" not in response.body
+    assert elapsed < 5   # the fake pings for 6 s: the gateway gave up at its stream_timeout, not at the fake's end
 
 
 # --- errors -------------------------------------------------------------------------------------
