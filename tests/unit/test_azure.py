@@ -7,7 +7,7 @@ import pytest
 import responses
 
 from gateway.errors import ContentPolicyViolation, GatewayError, UpstreamAuthFailed, UpstreamClientError, \
-    UpstreamRateLimited
+    UpstreamFailed, UpstreamRateLimited
 from gateway.providers.azure import AzureAdapter
 from gateway.redact import Redactor
 from gateway.types import Deployment, ModelRequest
@@ -25,9 +25,12 @@ def deployment(**kw) -> Deployment:
     return Deployment(**fields)
 
 
-def chat(**params) -> ModelRequest:
+def chat(stream=False, **params) -> ModelRequest:
     body = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}], **params}
-    return ModelRequest(endpoint="chat/completions", model="gpt-4o", params=body, extra={}, request_id="req-1")
+    if stream:
+        body["stream"] = True
+    return ModelRequest(endpoint="chat/completions", model="gpt-4o", params=body, extra={}, stream=stream,
+                        request_id="req-1")
 
 
 @pytest.fixture
@@ -92,6 +95,12 @@ def test_an_entra_token_is_sent_as_a_bearer_token_instead_of_the_key(wire):
      UpstreamRateLimited, "rate_limit_exceeded", "rate_limit_error"),
     (401, {"error": {"code": "401", "message": f"Access denied due to invalid subscription key {KEY}."}},
      UpstreamAuthFailed, "upstream_auth_error", "api_error"),
+    (403, {"error": {"code": "AuthorizationFailed", "message": "The client does not have authorization."}},
+     UpstreamAuthFailed, "upstream_auth_error", "api_error"),
+    (500, {"error": {"code": "InternalServerError", "message": "Backend returned unexpected response at 10.1.2.3"}},
+     UpstreamFailed, "upstream_error", "api_error"),
+    (503, {"error": {"code": "ServiceUnavailable", "message": "The service is temporarily unable to process."}},
+     UpstreamFailed, "upstream_error", "api_error"),
 ])
 def test_azure_error_bodies_map_to_the_contracts_rows(wire, status, body, kind, code, type_):
     wire.add(responses.POST, CHAT_URL, json=body, status=status, headers={"retry-after-ms": "1500"})
@@ -103,3 +112,24 @@ def test_azure_error_bodies_map_to_the_contracts_rows(wire, status, body, kind, 
     assert KEY not in json.dumps(error.body())
     if status == 429:
         assert error.retry_after == 1.5
+    if status >= 500:
+        assert error.retryable and "10.1.2.3" not in error.message
+
+
+def test_an_error_mid_stream_after_azures_preamble_is_an_upstream_failure(wire):
+    preamble = {"id": "", "object": "", "created": 0, "model": "", "choices": [],
+                "prompt_filter_results": [{"prompt_index": 0, "content_filter_results": {}}]}
+    text = {"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "gpt-4o-2024-08-06",
+            "choices": [{"index": 0, "delta": {"content": "Ahoy"}, "finish_reason": None}]}
+    body = b"".join(b"data: " + json.dumps(e).encode() + b"\n\n"
+                    for e in (preamble, text, {"error": {"message": "The server had an error", "code": "500"}}))
+    wire.add(responses.POST, CHAT_URL, body=body, content_type="text/event-stream")
+    dep = deployment()
+    stream = adapter_for(dep).stream(dep, chat(stream=True))
+    received = []
+    with pytest.raises(UpstreamFailed):
+        for payload in stream:
+            received.append(payload)
+    stream.close()
+    sent = b"".join(received)
+    assert b"Ahoy" in sent and b"prompt_filter_results" not in sent    # the preamble never reached the client
