@@ -29,7 +29,7 @@ import orjson
 from ..errors import BadUpstreamResponse, InvalidRequest
 from ..types import Completion, Usage
 from .auth import HeaderAuth
-from .chunks import ChunkWriter, chat_completion, image_source, text_of, tool_arguments, tool_call, usage_dict
+from .chunks import ChunkWriter, add_turn, chat_completion, image_source, text_of, tool_arguments, tool_call, usage_dict
 from .failures import (AUTH, CONTEXT_LENGTH, OVERLOADED, RATE_LIMITED, SERVER, TIMEOUT, StreamFailure,
                        UpstreamError, has_signal)
 from .http import HTTPProvider, error_fields
@@ -190,11 +190,9 @@ def translate_messages(messages) -> tuple[str, list]:
         else:
             raise InvalidRequest(f"Messages with role '{role}' are not supported by Anthropic: "
                                  f"use tools and tool messages.", param=f"messages[{i}].role")
-        if turns and turns[-1]["role"] == role:
-            previous = turns[-1]
-            previous["content"] = _blocks(previous["content"]) + _blocks(content)
-        else:
-            turns.append({"role": role, "content": content})
+        if turns and turns[-1]["role"] == role:   # merged: plain-text content becomes blocks first
+            turns[-1]["content"], content = _blocks(turns[-1]["content"]), _blocks(content)
+        add_turn(turns, role, content, "content")
     return "\n".join(system), turns
 
 

@@ -21,7 +21,7 @@ from requests.auth import AuthBase
 from ..errors import BadUpstreamResponse, InvalidRequest
 from ..types import Completion, Usage
 from .auth import bearer
-from .chunks import ChunkWriter, chat_completion, image_source, text_of, tool_arguments, tool_call, usage_dict
+from .chunks import ChunkWriter, add_turn, chat_completion, image_source, text_of, tool_arguments, tool_call, usage_dict
 from .failures import (AUTH, CONTEXT_LENGTH, OVERLOADED, RATE_LIMITED, SERVER, TIMEOUT, StreamFailure,
                        UpstreamError, has_signal)
 from .http import HTTPProvider
@@ -229,12 +229,8 @@ def converse_messages(messages) -> tuple[list, list]:
         else:
             raise InvalidRequest(f"messages with role '{role}' are not supported by Bedrock (use tools).",
                                  param=f"{path}.role", code="unsupported_value")
-        if not blocks:
-            continue
-        if turns and turns[-1]["role"] == role:
-            turns[-1]["content"].extend(blocks)
-        else:
-            turns.append({"role": role, "content": blocks})
+        if blocks:
+            add_turn(turns, role, blocks, "content")
     return system, turns
 
 

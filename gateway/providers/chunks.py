@@ -134,6 +134,15 @@ def text_of(content) -> str:
                    if isinstance(part, dict) and part.get("type") in ("text", "input_text"))
 
 
+def add_turn(turns: list, role: str, items: list, field: str) -> None:
+    """Append a turn, or extend the last one when it has the same role: Anthropic, Gemini
+    and Bedrock want roles to alternate, where OpenAI allows e.g. several tool messages in a row."""
+    if turns and turns[-1]["role"] == role:
+        turns[-1][field].extend(items)
+    else:
+        turns.append({"role": role, field: items})
+
+
 def image_source(url: str, path: str = "messages") -> tuple[str, str] | None:
     """`data:<media type>;base64,<data>` → (media type, data); None for an http(s) URL.
 

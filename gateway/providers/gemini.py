@@ -34,7 +34,7 @@ from ..errors import RETRY_AFTER_MAX, BadUpstreamResponse, InvalidRequest
 from ..tokens import estimate_completion_tokens, estimate_prompt_tokens
 from ..types import Completion, Deployment, ModelRequest, Usage
 from .auth import HeaderAuth
-from .chunks import ChunkWriter, chat_completion, image_source, text_of, tool_arguments, tool_call, usage_dict
+from .chunks import ChunkWriter, add_turn, chat_completion, image_source, text_of, tool_arguments, tool_call, usage_dict
 from .failures import AUTH, CONTEXT_LENGTH, OVERLOADED, RATE_LIMITED, SERVER, TIMEOUT, StreamFailure, \
     UpstreamError, has_signal
 from .http import MAX_EVENT, HTTPProvider, error_fields
@@ -212,12 +212,8 @@ def translate_messages(messages) -> tuple[list, list]:
         else:
             raise InvalidRequest(f"Invalid value for '{path}.role': legacy function messages are not supported "
                                  f"by Gemini; use tools and tool messages.", param=f"{path}.role")
-        if not parts:
-            continue
-        if contents and contents[-1]["role"] == author:
-            contents[-1]["parts"].extend(parts)
-        else:
-            contents.append({"role": author, "parts": parts})
+        if parts:
+            add_turn(contents, author, parts, "parts")
     return system, contents
 
 

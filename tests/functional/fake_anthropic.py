@@ -23,10 +23,11 @@ from __future__ import annotations
 
 import json
 import socket
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
+
+from .loopback import LoopbackServer
 
 FIXTURES = Path(__file__).resolve().parents[1] / "reference" / "fixtures" / "anthropic"
 API_VERSION = "2023-06-01"
@@ -46,24 +47,10 @@ ERRORS = {   # status → (Anthropic error type, message)
 }
 
 
-class FakeAnthropic:
+class FakeAnthropic(LoopbackServer):
     def __init__(self, api_key: str):
+        super().__init__(_Handler)
         self.api_key = api_key
-        self.requests: list[dict] = []
-        self.lock = threading.Lock()
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), type("Handler", (_Handler,), {"fake": self}))
-        self.server.daemon_threads = True
-        self.port = self.server.server_address[1]
-        self.base_url = f"http://127.0.0.1:{self.port}"
-        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def start(self) -> "FakeAnthropic":
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
     def last_request(self, marker: str | None = None) -> dict:
         """The last request received (carrying `marker` in its raw body, when given)."""

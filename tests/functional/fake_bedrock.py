@@ -30,14 +30,15 @@ import json
 import re
 import socket
 import struct
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from urllib.parse import unquote
 
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
+
+from .loopback import LoopbackServer
 
 FIXTURES = Path(__file__).resolve().parents[1] / "reference" / "fixtures" / "bedrock"
 TOOL_INPUT = {"city": "Paris"}
@@ -120,28 +121,14 @@ def signature_problem(method: str, raw_path: str, headers, body: bytes, credenti
     return None
 
 
-class FakeBedrock:
+class FakeBedrock(LoopbackServer):
     def __init__(self, access_key: str, secret_key: str, session_token: str | None = None, *,
                  region: str = "us-east-1", api_key: str | None = None):
+        super().__init__(_Handler)
         self.credentials = Credentials(access_key, secret_key, session_token)
         self.region = region
         self.api_key = api_key
-        self.requests: list[dict] = []
         self.refused: list[str] = []      # why requests were refused (signature problems)
-        self.lock = threading.Lock()
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), type("Handler", (_Handler,), {"fake": self}))
-        self.server.daemon_threads = True
-        self.port = self.server.server_address[1]
-        self.base_url = f"http://127.0.0.1:{self.port}"
-        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def start(self) -> "FakeBedrock":
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
     def last_request(self, marker: str | None = None) -> dict:
         """The last request received (carrying `marker` in its raw body, when given)."""

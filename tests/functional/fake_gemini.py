@@ -21,10 +21,11 @@ from __future__ import annotations
 
 import json
 import socket
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
+
+from .loopback import LoopbackServer
 
 FIXTURES = Path(__file__).resolve().parents[1] / "reference" / "fixtures" / "gemini"
 ANSWER_TEXT = "Hello from the fake Gemini."
@@ -47,25 +48,12 @@ ERRORS = {   # status → (RPC status, message)
 CONTEXT_MESSAGE = "The input token count (1200000) exceeds the maximum number of tokens allowed (1048576)."
 
 
-class FakeGemini:
+class FakeGemini(LoopbackServer):
     def __init__(self, api_key: str):
+        super().__init__(_Handler)
         self.api_key = api_key
-        self.requests: list[dict] = []
         self.keys_in_url = 0
-        self.lock = threading.Lock()
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), type("Handler", (_Handler,), {"fake": self}))
-        self.server.daemon_threads = True
-        self.port = self.server.server_address[1]
-        self.base_url = f"http://127.0.0.1:{self.port}/v1beta"
-        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def start(self) -> "FakeGemini":
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self.base_url += "/v1beta"
 
     def last_request(self, model: str | None = None) -> dict:
         with self.lock:
