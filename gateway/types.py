@@ -67,6 +67,9 @@ class ModelRequest:
     stream: bool = False
     include_usage: bool = False
     request_id: str = ""
+    # The client called /v1/completions and this is its prompt asked as a chat, of a
+    # provider that only chats: the answer goes back as a legacy text completion.
+    as_text: bool = False
 
 
 @dataclass(frozen=True, slots=True)

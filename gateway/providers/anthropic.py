@@ -13,8 +13,11 @@ Choices made where OpenAI and Anthropic differ:
     operator's word for what the model may write), else 4096.
   * `temperature` above 1 (OpenAI allows up to 2) is sent as 1, as Anthropic's own
     OpenAI layer does, rather than refused: a client tuned for OpenAI keeps working.
+  * JSON mode (`response_format: json_object`) forces one tool whose input is any
+    JSON object, and that input is the answer's text (streamed as text deltas);
+    with tools of the client's own, use `json_schema` (output_config.format).
   * Parameters Anthropic has no meaning for (n > 1, logprobs, penalties, seed,
-    `json_object` responses, vendor extras other than `top_k`, …) are refused with
+    vendor extras other than `top_k`, …) are refused with
     400, or left out when `drop_params` is set; nothing is silently ignored.
     `user` (or OpenAI's newer `safety_identifier`) becomes `metadata.user_id`.
   * `tool_choice` without `tools` is left out (it can choose nothing), and
@@ -29,7 +32,8 @@ import orjson
 from ..errors import BadUpstreamResponse, InvalidRequest
 from ..types import Completion, Usage
 from .auth import HeaderAuth
-from .chunks import ChunkWriter, add_turn, chat_completion, image_source, text_of, tool_arguments, tool_call, usage_dict
+from .chunks import (JSON_TOOL, JSON_TOOL_DESCRIPTION, ChunkWriter, add_turn, chat_completion, image_source,
+                     json_mode, text_of, tool_arguments, tool_call, usage_dict)
 from .failures import (AUTH, CONTEXT_LENGTH, OVERLOADED, RATE_LIMITED, SERVER, TIMEOUT, StreamFailure,
                        UpstreamError, has_signal)
 from .http import HTTPProvider, error_fields
@@ -37,6 +41,7 @@ from .http import HTTPProvider, error_fields
 API_VERSION = "2023-06-01"
 DEFAULT_MAX_TOKENS = 4096
 EMPTY_SCHEMA = {"type": "object", "properties": {}}
+JSON_TOOL_SPEC = {"name": JSON_TOOL, "description": JSON_TOOL_DESCRIPTION, "input_schema": {"type": "object"}}
 
 # OpenAI parameters with no Anthropic counterpart (the drop-or-400 list of providers.md §1.2).
 UNSUPPORTED = ("n", "logprobs", "top_logprobs", "logit_bias", "presence_penalty", "frequency_penalty", "seed",
@@ -109,6 +114,12 @@ class AnthropicAdapter(HTTPProvider):
             choice = translate_tool_choice(params.get("tool_choice"), params.get("parallel_tool_calls"))
             if choice is not None:
                 body["tool_choice"] = choice
+        if json_mode(request.params):
+            if params.get("tools"):
+                raise InvalidRequest("response_format 'json_object' cannot be combined with tools on Anthropic: "
+                                     "use 'json_schema' instead.", param="response_format")
+            body["tools"] = [JSON_TOOL_SPEC]
+            body["tool_choice"] = {"type": "tool", "name": JSON_TOOL}
         user = params.get("user") or extra.get("safety_identifier")
         if user:
             body["metadata"] = {"user_id": user}
@@ -126,21 +137,25 @@ class AnthropicAdapter(HTTPProvider):
             raise BadUpstreamResponse(f"the upstream sent an answer that is not an Anthropic message "
                                       f"(deployment {deployment.id})")
         texts, calls = [], []
+        as_json = json_mode(request.params)
         for block in body["content"]:
             kind = block.get("type") if isinstance(block, dict) else None
-            if kind == "text":
+            if kind == "text" and not as_json:
                 texts.append(block.get("text") or "")
+            elif kind == "tool_use" and as_json and block.get("name") == JSON_TOOL:
+                texts.append(orjson.dumps(block.get("input") or {}).decode())
             elif kind == "tool_use":
                 calls.append(tool_call(block.get("id") or "", block.get("name") or "",
                                        orjson.dumps(block.get("input") or {}).decode()))
         usage = openai_usage(body.get("usage"))
         message = {"content": "".join(texts) if texts else None, "tool_calls": calls}
-        answer = chat_completion(request.model, message, finish_reason(body.get("stop_reason")), usage,
+        reason = "stop" if as_json and body.get("stop_reason") == "tool_use" else finish_reason(body.get("stop_reason"))
+        answer = chat_completion(request.model, message, reason, usage,
                                  id=body.get("id") if isinstance(body.get("id"), str) else None)
         return Completion(answer, Usage(usage["prompt_tokens"], usage["completion_tokens"], usage["total_tokens"]))
 
     def translator(self, deployment, request, out: ChunkWriter) -> "MessagesStream":
-        return MessagesStream(out)
+        return MessagesStream(out, json_mode(request.params))
 
     def describe_error(self, status: int, content: bytes, headers) -> UpstreamError:
         return upstream_error(error_fields(content), status)
@@ -154,12 +169,9 @@ class AnthropicAdapter(HTTPProvider):
 # --- OpenAI request → Messages request (pure) -----------------------------------------------------
 
 def _unsupported_names(request) -> tuple[str, ...]:
-    """What to hand to refuse_unsupported: the fixed list, unknown extras, and a `json_object` format."""
-    names = UNSUPPORTED + tuple(name for name in request.extra if name not in ACCEPTED_EXTRAS)
-    response_format = request.params.get("response_format")
-    if isinstance(response_format, dict) and response_format.get("type") == "json_object":
-        names += ("response_format",)   # Anthropic has JSON schemas only, no bare "any JSON" mode
-    return names
+    """What to hand to refuse_unsupported: the fixed list and unknown extras."""
+    return UNSUPPORTED + tuple(name for name in request.extra if name not in ACCEPTED_EXTRAS)
+
 
 
 def translate_messages(messages) -> tuple[str, list]:
@@ -289,7 +301,7 @@ def translate_tool_choice(choice, parallel) -> dict | None:
 
 
 def translate_response_format(response_format: dict) -> dict | None:
-    """`json_schema` → output_config.format; `text` → nothing (`json_object` was refused or dropped)."""
+    """`json_schema` → output_config.format; `text` and `json_object` (a forced tool, see JSON_TOOL) → nothing."""
     if response_format.get("type") != "json_schema":
         return None
     schema = (response_format.get("json_schema") or {}).get("schema")
@@ -350,14 +362,16 @@ class MessagesStream:
     usage chunk). Pings, thinking and signature deltas carry nothing for an
     OpenAI client and are dropped.
     """
-    __slots__ = ("out", "done", "_tools", "_usage", "_finished")
+    __slots__ = ("out", "done", "_tools", "_usage", "_finished", "_json_mode", "_json_block")
 
-    def __init__(self, out: ChunkWriter):
+    def __init__(self, out: ChunkWriter, json_mode: bool = False):
         self.out = out
         self.done = False
         self._tools: dict = {}     # Anthropic content block index → OpenAI tool call index
         self._usage: dict = {}
         self._finished = False
+        self._json_mode = json_mode
+        self._json_block = None    # the block of the JSON_TOOL call, whose input is the answer's text
 
     def feed(self, event):
         """One event → its chunks. Malformed events raise KeyError/TypeError/ValueError, which the
@@ -385,11 +399,14 @@ class MessagesStream:
     def _block_start(self, event: dict):
         block = event["content_block"]
         kind = block.get("type")
+        if kind == "tool_use" and self._json_mode and block.get("name") == JSON_TOOL:
+            self._json_block = event["index"]
+            return (self.out.text(orjson.dumps(block["input"]).decode()),) if block.get("input") else ()
         if kind == "tool_use":
             index = self._tools[event["index"]] = len(self._tools)
             arguments = orjson.dumps(block["input"]).decode() if block.get("input") else ""
             return (self.out.tool_call(index, id=block["id"], name=block["name"], arguments=arguments),)
-        if kind == "text" and block.get("text"):
+        if kind == "text" and block.get("text") and not self._json_mode:
             return (self.out.text(block["text"]),)
         return ()
 
@@ -397,8 +414,10 @@ class MessagesStream:
         delta = event["delta"]
         kind = delta.get("type")
         if kind == "text_delta":
-            text = delta["text"]
-            return (self.out.text(text),) if text else ()
+            text = delta["text"]   # in JSON mode only the tool's input is the answer
+            return (self.out.text(text),) if text and not self._json_mode else ()
+        if kind == "input_json_delta" and event["index"] == self._json_block:
+            return (self.out.text(delta["partial_json"]),) if delta["partial_json"] else ()
         if kind == "input_json_delta":
             partial = delta["partial_json"]
             index = self._tools.get(event["index"])
@@ -413,6 +432,8 @@ class MessagesStream:
         if stop_reason is None or self._finished:
             return ()
         self._finished = True
+        if self._json_block is not None and stop_reason == "tool_use":
+            return (self.out.finish("stop"),)
         return (self.out.finish(finish_reason(stop_reason)),)
 
     def _message_stop(self, event: dict):

@@ -5,6 +5,7 @@ the SigV4 signature (its canonical URI double-encodes a model id's `%3A`) and
 the binary event stream of ConverseStream (frames with two CRCs). Everything
 else is translation between the OpenAI chat shape and Converse's, with the
 parameters Converse has no place for refused (or dropped with `drop_params`).
+JSON mode (`json_object`) forces one tool whose input is the answer (chunks.JSON_TOOL).
 """
 from __future__ import annotations
 
@@ -21,7 +22,8 @@ from requests.auth import AuthBase
 from ..errors import BadUpstreamResponse, InvalidRequest
 from ..types import Completion, Usage
 from .auth import bearer
-from .chunks import ChunkWriter, add_turn, chat_completion, image_source, text_of, tool_arguments, tool_call, usage_dict
+from .chunks import (JSON_TOOL, JSON_TOOL_DESCRIPTION, ChunkWriter, add_turn, chat_completion, image_source,
+                     json_mode, text_of, tool_arguments, tool_call, usage_dict)
 from .failures import (AUTH, CONTEXT_LENGTH, OVERLOADED, RATE_LIMITED, SERVER, TIMEOUT, StreamFailure,
                        UpstreamError, has_signal)
 from .http import HTTPProvider
@@ -31,6 +33,9 @@ from .http import HTTPProvider
 UNSUPPORTED = ("n", "logprobs", "top_logprobs", "logit_bias", "seed", "presence_penalty", "frequency_penalty",
                "user", "parallel_tool_calls", "audio", "modalities", "prediction", "store", "metadata",
                "service_tier", "functions", "function_call", "reasoning_effort")
+JSON_TOOL_CONFIG = {"tools": [{"toolSpec": {"name": JSON_TOOL, "description": JSON_TOOL_DESCRIPTION,
+                                             "inputSchema": {"json": {"type": "object"}}}}],
+                    "toolChoice": {"tool": {"name": JSON_TOOL}}}
 MODEL_FIELDS = ("top_k",)   # vendor extras that go to the model as additionalModelRequestFields
 
 IMAGE_FORMATS = {"image/png": "png", "image/jpeg": "jpeg", "image/jpg": "jpeg", "image/gif": "gif",
@@ -109,10 +114,13 @@ class BedrockAdapter(HTTPProvider):
         params, extra = request.params, request.extra
         self.refuse_unsupported(deployment, request, [name for name in (*UNSUPPORTED, *extra)
                                                       if name not in MODEL_FIELDS])
-        if (params.get("response_format") or {}).get("type") == "json_object" and not deployment.drop_params:
-            raise InvalidRequest("response_format {'type': 'json_object'} is not supported by Bedrock "
-                                 "(use 'json_schema').", param="response_format", code="unsupported_parameter")
-        return converse_body(params, extra)
+        body = converse_body(params, extra)
+        if json_mode(params):
+            if params.get("tools"):
+                raise InvalidRequest("response_format 'json_object' cannot be combined with tools on Bedrock: "
+                                     "use 'json_schema' instead.", param="response_format")
+            body["toolConfig"] = JSON_TOOL_CONFIG
+        return body
 
     def completion(self, deployment, request, body):
         """A Converse answer (a shape error is the base's BadUpstreamResponse)."""
@@ -120,19 +128,24 @@ class BedrockAdapter(HTTPProvider):
         if not isinstance(content, list):
             raise TypeError("content is not a list of blocks")
         texts, calls = [], []
+        as_json = json_mode(request.params)
         for block in content:
-            if "text" in block:
+            if "text" in block and not as_json:
                 texts.append(block["text"])
+            elif "toolUse" in block and as_json and block["toolUse"].get("name") == JSON_TOOL:
+                texts.append(orjson.dumps(block["toolUse"].get("input", {})).decode())
             elif "toolUse" in block:
                 use = block["toolUse"]
                 calls.append(tool_call(use["toolUseId"], use["name"], orjson.dumps(use.get("input", {})).decode()))
         usage = openai_usage(body.get("usage"))
         reply = {"content": "".join(texts) if texts else None, "tool_calls": calls}
-        answer = chat_completion(request.model, reply, finish_reason(body.get("stopReason")), usage)
+        stop = body.get("stopReason")
+        answer = chat_completion(request.model, reply, "stop" if as_json and stop == "tool_use" else finish_reason(stop),
+                                 usage)
         return Completion(answer, Usage(usage["prompt_tokens"], usage["completion_tokens"], usage["total_tokens"]))
 
     def translator(self, deployment, request, out):
-        return ConverseStreamTranslator(out)
+        return ConverseStreamTranslator(out, json_mode(request.params))
 
     def describe_error(self, status, content, headers):
         name = (headers.get("x-amzn-ErrorType") or "").partition(":")[0]
@@ -419,13 +432,15 @@ class ConverseStreamTranslator:
     too); reasoning text is dropped. `metadata` (usage) is the last event; a
     stream cut after `messageStop` still counts as whole (the usage is estimated).
     """
-    __slots__ = ("out", "done", "_tools", "_stopped")
+    __slots__ = ("out", "done", "_tools", "_stopped", "_json_mode", "_json_block")
 
-    def __init__(self, out: ChunkWriter):
+    def __init__(self, out: ChunkWriter, json_mode: bool = False):
         self.out = out
         self.done = False
         self._tools: dict = {}     # contentBlockIndex → OpenAI tool_calls index
         self._stopped = False
+        self._json_mode = json_mode
+        self._json_block = None    # the block of the JSON_TOOL call, whose input is the answer's text
 
     def feed(self, event):
         headers, payload = event
@@ -454,14 +469,20 @@ class ConverseStreamTranslator:
         use = (data.get("start") or {}).get("toolUse")
         if not use:
             return ()
+        if self._json_mode and use.get("name") == JSON_TOOL:
+            self._json_block = data.get("contentBlockIndex")
+            return ()
         index = self._tools[data.get("contentBlockIndex")] = len(self._tools)
         return (self.out.tool_call(index, id=use["toolUseId"], name=use["name"]),)
 
     def _block_delta(self, data):
         delta = data.get("delta") or {}
-        if delta.get("text"):
-            return (self.out.text(delta["text"]),)
+        if delta.get("text"):   # in JSON mode only the tool's input is the answer
+            return (self.out.text(delta["text"]),) if not self._json_mode else ()
         use = delta.get("toolUse")
+        if use and use.get("input") and self._json_block is not None \
+                and data.get("contentBlockIndex") == self._json_block:
+            return (self.out.text(use["input"]),)
         if use and use.get("input"):
             index = self._tools.get(data.get("contentBlockIndex"))
             if index is None:
@@ -471,7 +492,9 @@ class ConverseStreamTranslator:
 
     def _message_stop(self, data):
         self._stopped = True
-        return (self.out.finish(finish_reason(data.get("stopReason"))),)
+        stop = data.get("stopReason")
+        return (self.out.finish("stop" if self._json_block is not None and stop == "tool_use"
+                                else finish_reason(stop)),)
 
     def _metadata(self, data):
         self.done = True

@@ -15,6 +15,18 @@ from ..errors import InvalidRequest
 from .base import Chunk
 
 
+# OpenAI's JSON mode (`response_format: json_object`) on upstreams without an "any JSON"
+# switch (Anthropic, Bedrock): the model is made to call this one tool, whose input is a
+# JSON object, and that input is the answer's text.
+JSON_TOOL = "json_answer"
+JSON_TOOL_DESCRIPTION = "Give the whole answer as one JSON object."
+
+
+def json_mode(params) -> bool:
+    response_format = params.get("response_format")
+    return isinstance(response_format, dict) and response_format.get("type") == "json_object"
+
+
 def new_id(prefix: str = "chatcmpl-") -> str:
     return prefix + secrets.token_urlsafe(18).replace("-", "a").replace("_", "b")
 
@@ -26,14 +38,18 @@ class ChunkWriter:
     encoded once per stream, with only the text itself encoded per event, and
     is handed on without a parsed dict (like a relayed OpenAI event): the
     gateway inspects nothing in it.
-    """
-    __slots__ = ("_id", "model", "created", "include_usage", "_text_frame")
 
-    def __init__(self, model: str, include_usage: bool, id: str | None = None):
+    `as_text`: the client called the legacy /v1/completions (legacy.py), so
+    the chunks are `text_completion` ones, with no role chunk.
+    """
+    __slots__ = ("_id", "model", "created", "include_usage", "_text_frame", "as_text")
+
+    def __init__(self, model: str, include_usage: bool, id: str | None = None, *, as_text: bool = False):
         self._id = id or new_id()
         self.model = model
         self.created = int(time.time())
         self.include_usage = include_usage
+        self.as_text = as_text
         self._text_frame: tuple[bytes, bytes] | None = None
 
     @property
@@ -47,13 +63,19 @@ class ChunkWriter:
         self._text_frame = None
 
     def _chunk(self, choice: dict | None, usage: dict | None = None) -> Chunk:
-        chunk = {"id": self._id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
-                 "choices": [choice] if choice is not None else []}
+        if self.as_text and choice is not None:
+            delta = choice["delta"]
+            choice = {"text": delta.get("content") or "", "index": 0, "logprobs": None,
+                      "finish_reason": choice["finish_reason"]}
+        chunk = {"id": self._id, "object": "text_completion" if self.as_text else "chat.completion.chunk",
+                 "created": self.created, "model": self.model, "choices": [choice] if choice is not None else []}
         if usage is not None:
             chunk["usage"] = usage
         return b"data: " + orjson.dumps(chunk) + b"\n\n", chunk
 
     def role(self) -> Chunk:
+        if self.as_text:
+            return b"", {"choices": []}    # legacy completions announce no role
         return self._chunk({"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
                             "finish_reason": None})
 

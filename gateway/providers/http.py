@@ -22,6 +22,7 @@ from ..types import Completion, Deployment, ModelRequest, Usage
 from .base import Chunk, PrimedStream
 from .chunks import ChunkWriter
 from .failures import StreamFailure, UpstreamError, gateway_error
+from .legacy import LEGACY_ONLY, as_chat, text_completion
 from .sse import EventTooLarge, SSEDecoder
 from .transport import Transport, UpstreamResponse, within
 
@@ -35,7 +36,7 @@ DEFAULT_MAX_BODY = 32 << 20
 # Values of OpenAI parameters that ask for nothing: a provider without the parameter can
 # still take the request (UIs send `presence_penalty: 0`, SDKs `logprobs: false`).
 NEUTRAL_VALUES = {"n": 1, "logprobs": False, "store": False, "presence_penalty": 0, "frequency_penalty": 0,
-                  "parallel_tool_calls": True, "modalities": ["text"]}
+                  "parallel_tool_calls": True, "modalities": ["text"], "echo": False, "best_of": 1}
 # Exceptions a translator raises on an upstream answer of an unexpected shape.
 _SHAPE_ERRORS = (KeyError, IndexError, TypeError, ValueError, AttributeError)
 
@@ -100,6 +101,8 @@ class HTTPProvider:
             self._upstreams[deployment.id] = Upstream(transport, urls, headers, self.auth(deployment),
                                                       f"deployment {deployment.id}")
         self._transports = list(transports.values())
+        # A provider that only chats answers legacy completions through its chat (legacy.py).
+        self._chats_for_completions = "completions" not in self.endpoints and "chat/completions" in self.endpoints
 
     # --- the hooks a provider implements ----------------------------------------------------
 
@@ -141,6 +144,8 @@ class HTTPProvider:
     # --- what the router calls --------------------------------------------------------------
 
     def complete(self, deployment: Deployment, request: ModelRequest, deadline: float | None = None) -> Completion:
+        if request.endpoint == "completions" and self._chats_for_completions:
+            return text_completion(self.complete(deployment, self._as_chat(deployment, request), deadline))
         upstream = self._upstreams[deployment.id]
         response = self._send(upstream, deployment, request, False, deadline)
         try:
@@ -164,6 +169,8 @@ class HTTPProvider:
 
     def stream(self, deployment: Deployment, request: ModelRequest, deadline: float | None = None) -> PrimedStream:
         """A stream primed within the call's deadline; after the first byte `stream_timeout` bounds each gap."""
+        if request.endpoint == "completions" and self._chats_for_completions:
+            request = self._as_chat(deployment, request)
         upstream = self._upstreams[deployment.id]
         with within(deadline, upstream.where):  # one timer for the request and the read-ahead alike
             response = self._send(upstream, deployment, request, True, None)
@@ -199,6 +206,10 @@ class HTTPProvider:
                                  f"remove it, or set `drop_params: true` to have the gateway drop it.",
                                  param=name, code="unsupported_parameter")
         return set(present)
+
+    def _as_chat(self, deployment: Deployment, request: ModelRequest) -> ModelRequest:
+        self.refuse_unsupported(deployment, request, LEGACY_ONLY)
+        return as_chat(request)
 
     def _send(self, upstream: Upstream, deployment: Deployment, request: ModelRequest, stream: bool,
               deadline: float | None) -> UpstreamResponse:
@@ -246,7 +257,8 @@ class HTTPProvider:
         `gap` seconds without an event (bytes trickling in do not count) is a timeout.
         """
         where = response.where
-        translator = self.translator(deployment, request, ChunkWriter(request.model, request.include_usage))
+        translator = self.translator(deployment, request, ChunkWriter(request.model, request.include_usage,
+                                                                      as_text=request.as_text))
         decoder = self.stream_decoder()
         keepalives = self.keepalive_events
         last_event = time.monotonic()

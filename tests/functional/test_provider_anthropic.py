@@ -274,7 +274,7 @@ def test_anthropic_errors_over_http(gateway, model, status, type_, code, stream)
 # --- parameters Anthropic cannot take ----------------------------------------------------------------
 
 @pytest.mark.parametrize("name, value", [("logprobs", True), ("n", 2), ("seed", 3), ("presence_penalty", 0.5),
-                                         ("response_format", {"type": "json_object"}), ("top_k_typo", 5)])
+                                         ("top_k_typo", 5)])
 def test_an_unsupported_parameter_is_refused_naming_it(gateway, name, value):
     response = post(gateway, chat_body("claude", **{name: value}))
     error = assert_openai_error(response, 400, "invalid_request_error", code="unsupported_parameter", param=name)
@@ -282,8 +282,7 @@ def test_an_unsupported_parameter_is_refused_naming_it(gateway, name, value):
 
 
 def test_drop_params_leaves_them_out(gateway, fake):
-    response = post(gateway, chat_body("claude-drop", "dropping", logprobs=True, seed=3, n=2, top_k=5,
-                                       response_format={"type": "json_object"}))
+    response = post(gateway, chat_body("claude-drop", "dropping", logprobs=True, seed=3, n=2, top_k=5))
     assert response.status_code == 200, response.text
     assert response.json()["choices"][0]["message"]["content"] == "echo: dropping"
     assert fake.last_request("dropping")["body"] == {
@@ -319,3 +318,20 @@ def test_the_key_is_in_no_log_line(gateway):
     post(gateway, chat_body("fail-500"))
     logs = gateway.logs()
     assert logs and ANTHROPIC_KEY not in logs
+
+
+def test_json_mode_through_the_openai_sdk_whole_and_streamed(gateway, fake):
+    """`response_format: json_object`: the fake is made to call the JSON tool; the SDK sees JSON text."""
+    client = openai.OpenAI(base_url=f"{gateway.url}/v1", api_key=MASTER_KEY, max_retries=0)
+    messages = [{"role": "user", "content": "weather as JSON, please"}]
+    answer = client.chat.completions.create(model="claude", messages=messages,
+                                            response_format={"type": "json_object"})
+    assert json.loads(answer.choices[0].message.content) == TOOL_INPUT
+    assert answer.choices[0].finish_reason == "stop" and not answer.choices[0].message.tool_calls
+    sent = fake.last_request("weather as JSON")["body"]
+    assert sent["tool_choice"] == {"type": "tool", "name": "json_answer"}
+    streamed = client.chat.completions.create(model="claude", messages=messages, stream=True,
+                                              response_format={"type": "json_object"})
+    chunks = list(streamed)
+    assert json.loads("".join(c.choices[0].delta.content or "" for c in chunks if c.choices)) == TOOL_INPUT
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"

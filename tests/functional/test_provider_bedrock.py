@@ -295,3 +295,17 @@ def test_the_fake_refuses_an_unsigned_or_tampered_call(fake):
     with fake.lock:
         assert fake.refused[-2:] == ["signature mismatch", "no AWS4-HMAC-SHA256 Authorization header"]
         del fake.refused[-2:]
+
+
+def test_json_mode_whole_and_streamed(gateway):
+    """`response_format: json_object`: the fake is made to call the JSON tool; the client sees JSON text."""
+    body = chat_body("claude", "weather as JSON, please", response_format={"type": "json_object"})
+    answer = post(gateway, body)
+    assert answer.status_code == 200, answer.text
+    message = answer.json()["choices"][0]["message"]
+    assert json.loads(message["content"]) == TOOL_INPUT and not message.get("tool_calls")
+    response = stream(gateway, body)
+    assert_sse_framing(response)
+    events = [e.json() for e in response.events[:-1]]
+    assert json.loads("".join(e["choices"][0]["delta"].get("content") or "" for e in events if e.get("choices"))) \
+        == TOOL_INPUT

@@ -461,7 +461,7 @@ def test_the_request_objects_are_not_changed(adapter, dep, wire):
 UNSUPPORTED = [
     ("n", 2, False), ("logprobs", True, False), ("top_logprobs", 2, False), ("logit_bias", {"50256": -100}, False),
     ("presence_penalty", 0.5, False), ("frequency_penalty", 0.5, False), ("seed", 7, False),
-    ("response_format", {"type": "json_object"}, False), ("prediction", {"type": "content", "content": "x"}, True),
+    ("prediction", {"type": "content", "content": "x"}, True),
     ("audio", {"voice": "alloy", "format": "wav"}, True), ("modalities", ["text", "audio"], False),
     ("store", True, False), ("metadata", {"team": "a"}, False), ("service_tier", "flex", True),
     ("functions", [{"name": "f", "parameters": {}}], False), ("function_call", "auto", True),
@@ -798,3 +798,51 @@ def test_an_error_without_a_json_body_is_decided_by_its_status(adapter, dep, wir
     with pytest.raises(expected) as caught:
         adapter.complete(dep, chat())
     assert caught.value.retryable
+
+
+# --- JSON mode: a forced tool whose input is the answer ------------------------------------------------
+
+JSON_MODE = {"type": "json_object"}
+
+
+def test_json_mode_forces_one_tool_whose_input_is_any_json_object(adapter, dep, wire):
+    body = sent_body(adapter, dep, wire, chat(response_format=JSON_MODE))
+    assert body["tools"] == [{"name": "json_answer", "description": "Give the whole answer as one JSON object.",
+                              "input_schema": {"type": "object"}}]
+    assert body["tool_choice"] == {"type": "tool", "name": "json_answer"} and "output_config" not in body
+
+
+def test_json_mode_answers_the_tools_input_as_text(adapter, dep, wire):
+    upstream = answer(content=[{"type": "tool_use", "id": "toolu_01J", "name": "json_answer",
+                                "input": {"city": "Paris", "sunny": True}}], stop_reason="tool_use")
+    result = completion_of(adapter, dep, wire, upstream, chat(response_format=JSON_MODE))
+    message = result["choices"][0]["message"]
+    assert json.loads(message["content"]) == {"city": "Paris", "sunny": True} and "tool_calls" not in message
+    assert result["choices"][0]["finish_reason"] == "stop"
+
+
+def test_json_mode_streams_the_tools_input_as_text_deltas(adapter, dep, wire):
+    pieces = ['{"ci', 'ty": "Par', 'is"}']
+    add_stream(wire, sse(
+        ("message_start", {"type": "message_start", "message": {"id": "msg_J", "type": "message", "role": "assistant",
+                                                                "content": [], "usage": {"input_tokens": 9}}}),
+        ("content_block_start", {"type": "content_block_start", "index": 0, "content_block": {
+            "type": "tool_use", "id": "toolu_01J", "name": "json_answer", "input": {}}}),
+        *(("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                   "delta": {"type": "input_json_delta", "partial_json": p}}) for p in pieces),
+        ("content_block_stop", {"type": "content_block_stop", "index": 0}),
+        ("message_delta", {"type": "message_delta", "delta": {"stop_reason": "tool_use"},
+                           "usage": {"output_tokens": 8}}),
+        ("message_stop", {"type": "message_stop"})))
+    chunks, usage = streamed(adapter, dep, chat(stream=True, response_format=JSON_MODE))
+    deltas = [c["choices"][0]["delta"] for c in chunks if c["choices"]]
+    assert "".join(d.get("content") or "" for d in deltas) == "".join(pieces)
+    assert not any("tool_calls" in d for d in deltas)
+    assert [c["choices"][0]["finish_reason"] for c in chunks if c["choices"]][-1] == "stop"
+    assert usage.completion_tokens == 8
+
+
+def test_json_mode_with_tools_of_the_clients_own_is_a_400(adapter, dep, wire):
+    with pytest.raises(InvalidRequest) as caught:
+        adapter.complete(dep, chat(response_format=JSON_MODE, tools=[OPENAI_WEATHER_TOOL]))
+    assert caught.value.param == "response_format" and "json_schema" in caught.value.message

@@ -326,14 +326,48 @@ def test_json_schema_response_format_goes_as_output_config_with_the_schema_as_a_
     assert definition["name"] == "reply" and definition["description"] == "The reply."
 
 
-def test_json_object_response_format_is_refused_or_dropped(adapter, dep, wire):
-    with pytest.raises(InvalidRequest) as info:
-        adapter.complete(dep, chat(response_format={"type": "json_object"}))
-    assert info.value.param == "response_format" and info.value.code == "unsupported_parameter"
-    assert "Bedrock" in info.value.message
-    dropping = deployment(drop_params=True)
-    body = sent_body(adapter_for(dropping), dropping, wire, chat(response_format={"type": "json_object"}))
+def test_json_mode_forces_one_tool_whose_input_is_any_json_object(adapter, dep, wire):
+    body = sent_body(adapter, dep, wire, chat(response_format={"type": "json_object"}))
+    assert body["toolConfig"] == {
+        "tools": [{"toolSpec": {"name": "json_answer", "description": "Give the whole answer as one JSON object.",
+                                "inputSchema": {"json": {"type": "object"}}}}],
+        "toolChoice": {"tool": {"name": "json_answer"}}}
     assert "outputConfig" not in body
+
+
+def test_json_mode_answers_the_tools_input_as_text(adapter, dep, wire):
+    wire.add(responses.POST, CONVERSE, json=answer(
+        {"toolUse": {"toolUseId": "tooluse_J", "name": "json_answer", "input": {"city": "Paris"}}}, stop="tool_use"))
+    result = adapter.complete(dep, chat(response_format={"type": "json_object"})).body
+    validate("CreateChatCompletionResponse", result)
+    message = result["choices"][0]["message"]
+    assert json.loads(message["content"]) == {"city": "Paris"} and "tool_calls" not in message
+    assert result["choices"][0]["finish_reason"] == "stop"
+
+
+def test_json_mode_streams_the_tools_input_as_text_deltas(adapter, dep, wire):
+    pieces = ['{"ci', 'ty": "Pa', 'ris"}']
+    add_stream(wire, b"".join([
+        event("messageStart", {"role": "assistant"}),
+        event("contentBlockStart", {"contentBlockIndex": 0,
+                                    "start": {"toolUse": {"toolUseId": "tooluse_J", "name": "json_answer"}}}),
+        *(event("contentBlockDelta", {"contentBlockIndex": 0, "delta": {"toolUse": {"input": p}}}) for p in pieces),
+        event("contentBlockStop", {"contentBlockIndex": 0}),
+        event("messageStop", {"stopReason": "tool_use"}),
+        event("metadata", {"usage": {"inputTokens": 5, "outputTokens": 9, "totalTokens": 14}, "metrics": {}})]))
+    chunks, _, error = read_stream(adapter.stream(dep, chat(stream=True, response_format={"type": "json_object"})))
+    assert error is None
+    deltas = [c["choices"][0]["delta"] for c in chunks if c["choices"]]
+    assert "".join(d.get("content") or "" for d in deltas) == "".join(pieces)
+    assert not any("tool_calls" in d for d in deltas)
+    assert [c["choices"][0]["finish_reason"] for c in chunks if c["choices"]][-1] == "stop"
+
+
+def test_json_mode_with_tools_of_the_clients_own_is_a_400(adapter, dep, wire):
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
+    with pytest.raises(InvalidRequest) as info:
+        adapter.complete(dep, chat(response_format={"type": "json_object"}, tools=tools))
+    assert info.value.param == "response_format" and "json_schema" in info.value.message
 
 
 @pytest.mark.parametrize("params, expected", [

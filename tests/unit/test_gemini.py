@@ -841,11 +841,14 @@ def test_base64_of_an_embedding_that_is_not_numbers_is_a_bad_upstream_response(a
         adapter.complete(dep, embeddings(input="a", encoding_format="base64"))
 
 
-def test_legacy_completions_are_not_served(adapter, dep, wire):
-    request = ModelRequest(endpoint="completions", model=ALIAS, params={"model": ALIAS, "prompt": "x"}, extra={})
-    with pytest.raises(InvalidRequest) as caught:
-        adapter.complete(dep, request)
-    assert caught.value.code == "unsupported_endpoint"
+def test_legacy_completions_are_asked_through_generate_content(adapter, dep, wire):
+    wire.add(responses.POST, GENERATE_URL, json=answer("Hello there."))
+    request = ModelRequest(endpoint="completions", model=ALIAS, params={"model": ALIAS, "prompt": "Say hi"},
+                           extra={})
+    result = adapter.complete(dep, request).body
+    assert json.loads(wire.calls[0].request.body)["contents"] == [{"role": "user", "parts": [{"text": "Say hi"}]}]
+    validate("CreateCompletionResponse", result)
+    assert result["object"] == "text_completion" and result["choices"][0]["text"] == "Hello there."
 
 
 def test_a_429s_retry_info_in_the_body_is_its_retry_after(adapter, dep, wire):

@@ -291,3 +291,53 @@ def test_text_of_every_content_form():
     assert text_of(None) == "" and text_of("hi") == "hi"
     assert text_of([{"type": "text", "text": "a"}, {"type": "image_url", "image_url": {"url": "x"}},
                     {"type": "text", "text": "b"}]) == "ab"
+
+
+# --- legacy completions from a provider that only chats ------------------------------------------
+
+def completion_request(prompt="Say hi", *, stream=False, include_usage=False, **params) -> ModelRequest:
+    body = {"model": "lines", "prompt": prompt, **params}
+    if stream:
+        body["stream"] = True
+    return ModelRequest(endpoint="completions", model="lines", params=body, extra={}, stream=stream,
+                        include_usage=include_usage, request_id="r2")
+
+
+def test_a_legacy_completion_is_asked_as_a_chat_and_answered_as_a_text_completion(adapter, wire):
+    wire.add(responses.POST, f"{BASE}/answer", json={"say": "Hi there"})
+    answer = adapter.complete(deployment(), completion_request(max_tokens=5))
+    assert json.loads(wire.calls[0].request.body) == {"text": "Say hi"}   # the prompt went as the user message
+    validate("CreateCompletionResponse", answer.body)
+    assert answer.body["object"] == "text_completion" and answer.body["id"].startswith("cmpl-")
+    assert answer.body["choices"] == [{"text": "Hi there", "index": 0, "logprobs": None, "finish_reason": "stop"}]
+    assert answer.usage == Usage(1, 1, 2)
+
+
+def test_a_streamed_legacy_completion_is_text_completion_chunks(adapter, wire):
+    wire.add(responses.POST, f"{BASE}/stream", body=sse("Hel", "lo", "end"), content_type="text/event-stream")
+    stream = adapter.stream(deployment(), completion_request(stream=True, include_usage=True))
+    events = [json.loads(line[6:]) for line in b"".join(stream).split(b"\n\n") if line]
+    stream.close()
+    for event in events:
+        validate("CreateCompletionStreamChunk", event)
+        assert event["object"] == "text_completion"
+    assert "".join(e["choices"][0]["text"] for e in events if e["choices"]) == "Hello"
+    assert [e["choices"][0]["finish_reason"] for e in events if e["choices"]][-1] == "stop"
+    assert events[-1]["choices"] == [] and events[-1]["usage"]["total_tokens"] == 5
+
+
+@pytest.mark.parametrize("params, param", [({"echo": True}, "echo"), ({"suffix": "!"}, "suffix"),
+                                           ({"best_of": 3}, "best_of"), ({"prompt": ["a", "b"]}, "prompt"),
+                                           ({"prompt": [1, 2, 3]}, "prompt")])
+def test_legacy_fields_a_chat_cannot_honour_are_refused_naming_them(adapter, params, param):
+    request = completion_request(**{"prompt": "x", **params})
+    with pytest.raises(InvalidRequest) as caught:
+        adapter.complete(deployment(), request)
+    assert caught.value.param == param
+
+
+def test_legacy_no_op_values_and_a_one_prompt_batch_are_taken(adapter, wire):
+    wire.add(responses.POST, f"{BASE}/answer", json={"say": "ok"})
+    answer = adapter.complete(deployment(), completion_request(["only one"], echo=False, best_of=1))
+    assert json.loads(wire.calls[0].request.body) == {"text": "only one"}
+    assert answer.body["choices"][0]["text"] == "ok"
