@@ -254,7 +254,8 @@ class HTTPProvider:
         Reading stops as soon as the translator says the upstream is done (the
         client gets `[DONE]` without waiting for the body's end); a body that
         ends before that is a cut stream, never a complete answer. More than
-        `gap` seconds without an event (bytes trickling in do not count) is a timeout.
+        `gap` seconds without an event (bytes trickling in and keep-alive events
+        do not count) is a timeout.
         """
         where = response.where
         translator = self.translator(deployment, request, ChunkWriter(request.model, request.include_usage,
