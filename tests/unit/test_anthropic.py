@@ -9,7 +9,6 @@ fed in small network pieces.
 from __future__ import annotations
 
 import copy
-import io
 import json
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from gateway.providers.anthropic import AnthropicAdapter
 from gateway.redact import Redactor
 from gateway.types import Deployment, ModelRequest
 from tests.functional.openapi_schemas import parse_sse, validate
+from tests.unit.network_pieces import in_pieces
 
 FIXTURES = Path(__file__).resolve().parents[1] / "reference" / "fixtures" / "anthropic"
 BASE = "http://anthropic.test"
@@ -91,29 +91,8 @@ def completion_of(adapter, dep, wire, body, request=None) -> dict:
     return result.body
 
 
-class Pieces(io.RawIOBase):
-    """A body that arrives in the given pieces, one per read."""
-
-    def __init__(self, pieces):
-        self.pieces = list(pieces)
-
-    def readable(self):
-        return True
-
-    def readinto(self, buffer):
-        if not self.pieces:
-            return 0
-        piece = self.pieces.pop(0)
-        buffer[:len(piece)] = piece
-        return len(piece)
-
-
-def split(raw: bytes, size: int) -> list[bytes]:
-    return [raw[i:i + size] for i in range(0, len(raw), size)]
-
-
 def add_stream(wire, raw: bytes, size: int = 37):
-    wire.add(responses.POST, URL, body=io.BufferedReader(Pieces(split(raw, size))), stream=True,
+    wire.add(responses.POST, URL, body=in_pieces(raw, size), stream=True,
              content_type="text/event-stream; charset=utf-8")
 
 

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import io
 import json
 from pathlib import Path
 from urllib.parse import quote, urlsplit
@@ -22,6 +21,7 @@ from gateway.redact import Redactor
 from gateway.types import Deployment, ModelRequest
 from tests.functional.fake_bedrock import event, exception, frame
 from tests.functional.openapi_schemas import validate
+from tests.unit.network_pieces import in_pieces, split
 
 FIXTURES = Path(__file__).resolve().parents[1] / "reference" / "fixtures" / "bedrock"
 MODEL_ID = "anthropic.claude-3-haiku-20240307-v1:0"
@@ -560,29 +560,8 @@ def test_an_error_without_a_name_is_decided_by_its_status(adapter, dep, wire):
 
 # --- ConverseStream ---------------------------------------------------------------------------------
 
-class Pieces(io.RawIOBase):
-    """A body that arrives in the given pieces, one per read."""
-
-    def __init__(self, pieces):
-        self.pieces = list(pieces)
-
-    def readable(self):
-        return True
-
-    def readinto(self, buffer):
-        if not self.pieces:
-            return 0
-        piece = self.pieces.pop(0)
-        buffer[:len(piece)] = piece
-        return len(piece)
-
-
-def split(data: bytes, size: int) -> list[bytes]:
-    return [data[i:i + size] for i in range(0, len(data), size)]
-
-
 def add_stream(wire, data: bytes, size: int = 37):
-    wire.add(responses.POST, STREAM, body=io.BufferedReader(Pieces(split(data, size))), stream=True,
+    wire.add(responses.POST, STREAM, body=in_pieces(data, size), stream=True,
              content_type=EVENT_STREAM)
 
 

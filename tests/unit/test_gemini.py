@@ -6,7 +6,6 @@ checked against OpenAI's spec; streams are fed in small network pieces.
 from __future__ import annotations
 
 import base64
-import io
 import json
 import struct
 from pathlib import Path
@@ -21,6 +20,7 @@ from gateway.providers.gemini import GeminiAdapter, GeminiStreamDecoder, new_cal
 from gateway.redact import Redactor
 from gateway.types import Deployment, ModelRequest
 from tests.functional.openapi_schemas import validate
+from tests.unit.network_pieces import in_pieces, split
 
 FIXTURES = Path(__file__).resolve().parents[1] / "reference" / "fixtures" / "gemini"
 BASE = "http://gemini.test/v1beta"
@@ -93,29 +93,8 @@ def complete(adapter, dep, wire, request, body=None, **kw) -> dict:
     return result
 
 
-class Pieces(io.RawIOBase):
-    """A body that arrives in the given pieces, one per read."""
-
-    def __init__(self, pieces):
-        self.pieces = list(pieces)
-
-    def readable(self):
-        return True
-
-    def readinto(self, buffer):
-        if not self.pieces:
-            return 0
-        piece = self.pieces.pop(0)
-        buffer[:len(piece)] = piece
-        return len(piece)
-
-
-def split(raw: bytes, size: int) -> list[bytes]:
-    return [raw[i:i + size] for i in range(0, len(raw), size)]
-
-
 def add_stream(wire, raw: bytes, size: int = 7, status: int = 200, content_type="text/event-stream"):
-    wire.add(responses.POST, STREAM_URL, body=io.BufferedReader(Pieces(split(raw, size))), status=status,
+    wire.add(responses.POST, STREAM_URL, body=in_pieces(raw, size), status=status,
              stream=True, content_type=content_type)
 
 

@@ -14,6 +14,7 @@ from gateway.errors import (BadUpstreamResponse, ContextLengthExceeded, GatewayE
 from gateway.providers.openai_compat import OpenAICompatibleAdapter
 from gateway.redact import Redactor
 from gateway.types import Deployment, ModelRequest
+from tests.unit.network_pieces import Pieces
 
 BASE = "http://upstream.test/v1"
 CHAT_URL = f"{BASE}/chat/completions"
@@ -64,25 +65,6 @@ def completion_body(model=UPSTREAM_MODEL) -> dict:
             "choices": [{"index": 0, "message": {"role": "assistant", "content": "hello"},
                          "finish_reason": "stop", "logprobs": None}],
             "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}}
-
-
-class Pieces(io.RawIOBase):
-    """A body that arrives in the given pieces (one per read); an exception in the list is raised there."""
-
-    def __init__(self, pieces):
-        self.pieces = list(pieces)
-
-    def readable(self):
-        return True
-
-    def readinto(self, buffer):
-        if not self.pieces:
-            return 0
-        piece = self.pieces.pop(0)
-        if isinstance(piece, BaseException):
-            raise piece
-        buffer[:len(piece)] = piece
-        return len(piece)
 
 
 def sse(*pieces) -> io.BufferedReader:
