@@ -277,3 +277,35 @@ def record_httpx(sink: list) -> callable:
         httpx.HTTPTransport.handle_request = sync_send
         httpx.AsyncHTTPTransport.handle_async_request = async_send
     return undo
+
+
+# A node preload module: wraps `fetch` (which the `openai` npm package uses) and appends each
+# exchange, as read off the wire, to the file named by $WIRE_LOG, for check_exchange.
+NODE_FETCH_RECORDER = """
+import { appendFileSync } from 'node:fs';
+
+const log = process.env.WIRE_LOG;
+const originalFetch = globalThis.fetch;
+
+globalThis.fetch = async (input, init = {}) => {
+  const response = await originalFetch(input, init);
+  const url = new URL(typeof input === 'string' || input instanceof URL ? input : input.url);
+  const record = {
+    method: (init.method || 'GET').toUpperCase(), path: url.pathname + url.search,
+    status: response.status, content_type: response.headers.get('content-type') || '',
+    request_body: typeof init.body === 'string' ? JSON.parse(init.body) : null,
+  };
+  if (!response.body) {
+    appendFileSync(log, JSON.stringify({ ...record, body: '' }) + '\\n');
+    return response;
+  }
+  const [forClient, forLog] = response.body.tee();
+  (async () => {
+    const chunks = [];
+    for await (const chunk of forLog) chunks.push(Buffer.from(chunk));
+    appendFileSync(log, JSON.stringify({ ...record, body: Buffer.concat(chunks).toString('utf8') }) + '\\n');
+  })();
+  return new Response(forClient, { status: response.status, statusText: response.statusText,
+                                   headers: response.headers });
+};
+"""

@@ -76,7 +76,7 @@ from pathlib import Path
 
 import pytest
 
-from .openapi_schemas import SpecViolation, check_exchange, record_httpx
+from .openapi_schemas import NODE_FETCH_RECORDER, SpecViolation, check_exchange, record_httpx
 
 TEXT_PROMPT = "Say hello to the round trip."
 TOOL_PROMPT = "What is the weather in Paris?"
@@ -315,35 +315,6 @@ def langchain_round_trip(base_url: str, api_key: str, model: str, *, tool_choice
 
 # --- the Node openai SDK ----------------------------------------------------------------------------
 
-RECORDER = """
-import { appendFileSync } from 'node:fs';
-
-const log = process.env.ROUND_TRIP_WIRE_LOG;
-const originalFetch = globalThis.fetch;
-
-globalThis.fetch = async (input, init = {}) => {
-  const response = await originalFetch(input, init);
-  const url = new URL(typeof input === 'string' || input instanceof URL ? input : input.url);
-  const record = {
-    method: (init.method || 'GET').toUpperCase(), path: url.pathname + url.search,
-    status: response.status, content_type: response.headers.get('content-type') || '',
-    request_body: typeof init.body === 'string' ? JSON.parse(init.body) : null,
-  };
-  if (!response.body) {
-    appendFileSync(log, JSON.stringify({ ...record, body: '' }) + '\\n');
-    return response;
-  }
-  const [forClient, forLog] = response.body.tee();
-  (async () => {
-    const chunks = [];
-    for await (const chunk of forLog) chunks.push(Buffer.from(chunk));
-    appendFileSync(log, JSON.stringify({ ...record, body: Buffer.concat(chunks).toString('utf8') }) + '\\n');
-  })();
-  return new Response(forClient, { status: response.status, statusText: response.statusText,
-                                   headers: response.headers });
-};
-"""
-
 ROUND_TRIPS = """
 import OpenAI from 'openai';
 
@@ -429,7 +400,7 @@ def _node_install() -> Path:
     done = subprocess.run(["npm", "install", "openai@^6", "--no-audit", "--no-fund", "--loglevel=error"],
                           cwd=project, capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, f"npm install openai failed:\n{done.stdout}\n{done.stderr}"
-    (project / "recorder.mjs").write_text(RECORDER)
+    (project / "recorder.mjs").write_text(NODE_FETCH_RECORDER)
     (project / "round_trips.mjs").write_text(ROUND_TRIPS)
     return project
 
@@ -451,7 +422,7 @@ def run_node_round_trips(base_url: str, api_key: str, model: str, *, tool_choice
             "tool_choice": tool_choice, "text_prompt": TEXT_PROMPT, "tool_prompt": TOOL_PROMPT, "report": REPORT,
             "timeout_ms": int(TIMEOUT * 1000)}
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "NODE_OPTIONS"))}
-    env.update(ROUND_TRIP_SPEC=json.dumps(spec), ROUND_TRIP_WIRE_LOG=str(wire))
+    env.update(ROUND_TRIP_SPEC=json.dumps(spec), WIRE_LOG=str(wire))
     try:
         done = subprocess.run(["node", "--import", "./recorder.mjs", "round_trips.mjs"], cwd=project, env=env,
                               capture_output=True, text=True, timeout=NODE_TIMEOUT)

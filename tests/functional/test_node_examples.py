@@ -23,7 +23,7 @@ import pytest
 
 from .conftest import MASTER_KEY
 from .guide_doc import GUIDE, blocks, for_gateway
-from .openapi_schemas import check_exchange
+from .openapi_schemas import NODE_FETCH_RECORDER, check_exchange
 
 NODE_TIMEOUT = 30
 STREAM_TEXT = "tok0 tok1 tok2 tok3 tok4"
@@ -56,35 +56,6 @@ EXPECTED = {
     "framework-integration/vercel-ai-sdk-javascript#2": ([f"200 {STREAM_TEXT}"], 1),
 }
 
-RECORDER = """
-import { appendFileSync } from 'node:fs';
-
-const log = process.env.GUIDE_TEST_WIRE_LOG;
-const originalFetch = globalThis.fetch;
-
-globalThis.fetch = async (input, init = {}) => {
-  const response = await originalFetch(input, init);
-  const url = new URL(typeof input === 'string' || input instanceof URL ? input : input.url);
-  const record = {
-    method: (init.method || 'GET').toUpperCase(), path: url.pathname + url.search,
-    status: response.status, content_type: response.headers.get('content-type') || '',
-    request_body: typeof init.body === 'string' ? JSON.parse(init.body) : null,
-  };
-  if (!response.body) {
-    appendFileSync(log, JSON.stringify({ ...record, body: '' }) + '\\n');
-    return response;
-  }
-  const [forClient, forLog] = response.body.tee();
-  (async () => {
-    const chunks = [];
-    for await (const chunk of forLog) chunks.push(Buffer.from(chunk));
-    appendFileSync(log, JSON.stringify({ ...record, body: Buffer.concat(chunks).toString('utf8') }) + '\\n');
-  })();
-  return new Response(forClient, { status: response.status, statusText: response.statusText,
-                                   headers: response.headers });
-};
-"""
-
 NODE_BLOCKS = [b for b in blocks("javascript") if b.id in EXPECTED]
 
 
@@ -101,7 +72,7 @@ def node_project(tmp_path_factory):
     done = subprocess.run(["npm", "install", "openai@^6", "--no-audit", "--no-fund", "--loglevel=error"],
                           cwd=project, capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, f"npm install openai failed:\n{done.stdout}\n{done.stderr}"
-    (project / "recorder.mjs").write_text(RECORDER)
+    (project / "recorder.mjs").write_text(NODE_FETCH_RECORDER)
     return project
 
 
@@ -116,7 +87,7 @@ def test_node_example_runs(block, node_project, gateway):
     wire_log.unlink(missing_ok=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "LITELLM_"))}
     env.update({"LITELLM_MASTER_KEY": MASTER_KEY, "LITELLM_BASE_URL": gateway.url,
-                "GUIDE_TEST_WIRE_LOG": str(wire_log)})
+                "WIRE_LOG": str(wire_log)})
 
     done = subprocess.run(["node", "--import", "./recorder.mjs", script.name], cwd=node_project, env=env,
                           capture_output=True, text=True, timeout=NODE_TIMEOUT)
