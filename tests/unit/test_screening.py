@@ -1,6 +1,7 @@
 """gateway/api/screening.py and the schema caps: what a client may not send, at any depth."""
 from __future__ import annotations
 
+import orjson
 import pytest
 
 from gateway.api.cooperative import Pacer
@@ -142,3 +143,36 @@ def test_the_first_bad_message_is_the_one_reported():
     messages = [USER] * 5 + [{"role": "wizard", "content": "x"}] + [{"role": "user"}]
     assert schema.validate(chat(messages=messages)) == {
         "messages": {5: {"role": ["must be one of: system, developer, user, assistant, tool, function"]}}}
+
+
+# --- the parse-cost check, window by window -------------------------------------------------------
+
+def _whole_body_values_cost(raw: bytes) -> int:
+    """The same estimate over the whole body at once: what the windows must add up to."""
+    plain = raw.replace(b"\\\\", b"").replace(b'\\"', b"")
+    outside = b"".join(plain.split(b'"')[0::2])
+    return outside.count(b":") * 450 + (outside.count(b"{") + outside.count(b"[")) * 350 + outside.count(b",") * 40
+
+
+def test_windows_never_cut_an_escape_so_strings_stay_strings():
+    """Escaped quotes and backslash runs land on every offset of a window boundary in turn:
+    the windows' estimate is always the whole body's, and the strings' punctuation never counts."""
+    from gateway.api.screening import _WINDOW, _windows, values_cost
+    text = 'a:b,{c}[d] \\"quoted: {x},\\" back\\\\slash\\\\\\" more, '   # 4 backslash shapes
+    for shift in range(len(text) + 2):
+        body = {"model": "m", "pad": "p" * (_WINDOW - 200 + shift), "messages": [{"role": "user",
+                                                                                  "content": text * 20}]}
+        raw = orjson.dumps(body)
+        windows = list(_windows(raw, Pacer()))
+        assert b"".join(windows) == raw and all(not w.endswith(b"\\") for w in windows[:-1])
+        assert values_cost(raw, Pacer()) == _whole_body_values_cost(raw) < 10_000, shift
+
+
+def test_a_body_of_a_million_tiny_values_is_refused_and_a_long_document_is_not():
+    from gateway.api.screening import check_parse_cost
+    document = orjson.dumps({"model": "m", "messages": [{"role": "user", "content": "k: v, {x} [y] " * 600_000}]})
+    check_parse_cost(document, Pacer())   # ~8 MB of text full of JSON-looking punctuation: fine
+    values = orjson.dumps({"model": "m", "messages": [], "extra": [{"k": i % 10} for i in range(1_000_000)]})
+    with pytest.raises(InvalidRequest) as caught:
+        check_parse_cost(values, Pacer())
+    assert caught.value.code == "too_many_values"
