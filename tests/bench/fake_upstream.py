@@ -19,6 +19,18 @@ possible or it becomes the thing being measured. This is a bare
   ``content_block_stop``, ``message_delta`` with usage, ``message_stop``) with
   the same chunk count and delays. It answers 401 unless the request carries
   ``x-api-key: bench-upstream-key`` and an ``anthropic-version`` header.
+* ``POST /v1beta/models/<m>:generateContent`` and ``:streamGenerateContent``
+  -> Gemini's format, for ``gemini/`` deployments: a ``GenerateContentResponse``,
+  or one CRLF-framed ``data:`` event per content chunk (cumulative
+  ``usageMetadata``; the last carries ``finishReason``), the body ending with
+  no terminator, as Gemini's does. 400 API_KEY_INVALID unless
+  ``x-goog-api-key: bench-upstream-key``.
+* ``POST /model/<id>/converse`` and ``/converse-stream`` -> Bedrock Converse,
+  for ``bedrock/`` deployments: JSON, or AWS event-stream binary frames
+  (``messageStart``, one ``contentBlockDelta`` per content chunk,
+  ``contentBlockStop``, ``messageStop``, ``metadata``), precomputed at start.
+  Requests must carry a SigV4 ``Authorization`` header (not verified here:
+  the functional tests do that; the gateway's signing cost is what counts).
 * ``GET /health`` -> 200, used by the runner as a readiness probe.
 
 Run: ``python tests/bench/fake_upstream.py --port 8100 [--procs 2]``.
@@ -29,10 +41,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import binascii
 import json
 import os
 import signal
 import socket
+import struct
 import sys
 import time
 
@@ -85,6 +99,47 @@ ANTHROPIC_MESSAGE_DELTA = ('event: message_delta\ndata: {"type":"message_delta",
 ANTHROPIC_MESSAGE_STOP = b'event: message_stop\ndata: {"type":"message_stop"}\n\n'
 ANTHROPIC_AUTH_ERROR = (b'{"type":"error","error":{"type":"authentication_error","message":"invalid x-api-key"},'
                         b'"request_id":"req_bench"}')
+
+
+# Gemini generateContent (tests/reference/fixtures/gemini/googleai/streaming-success-basic-reply-short.txt)
+GEMINI_EVENT = ('data: {"candidates":[{"content":{"parts":[{"text":%s}],"role":"model"},"index":0%s}],'
+                '"usageMetadata":{"promptTokenCount":31,"candidatesTokenCount":%d,"totalTokenCount":%d},'
+                '"modelVersion":"bench-upstream-model","responseId":"bench%d"}\r\n\r\n')
+GEMINI_ANSWER = ('{"candidates":[{"content":{"parts":[{"text":"Connection pooling reuses established connections, '
+                 'which removes the handshake cost from every request."}],"role":"model"},"finishReason":"STOP",'
+                 '"index":0}],"usageMetadata":{"promptTokenCount":31,"candidatesTokenCount":36,'
+                 '"totalTokenCount":67},"modelVersion":"bench-upstream-model","responseId":"bench%d"}')
+GEMINI_KEY_ERROR = (b'{"error":{"code":400,"message":"API key not valid. Please pass a valid API key.",'
+                    b'"status":"INVALID_ARGUMENT","details":[{"@type":"type.googleapis.com/google.rpc.ErrorInfo",'
+                    b'"reason":"API_KEY_INVALID","domain":"googleapis.com"}]}}')
+
+# Bedrock Converse (tests/reference/fixtures/bedrock/converse-stream-tool-use.bin has a recorded-shape stream)
+CONVERSE_ANSWER = ('{"output":{"message":{"role":"assistant","content":[{"text":"Connection pooling reuses '
+                   'established connections."}]}},"stopReason":"end_turn","usage":{"inputTokens":31,'
+                   '"outputTokens":36,"totalTokens":67},"metrics":{"latencyMs":5}}')
+
+
+def _frame(event_type: str, payload: bytes) -> bytes:
+    """One AWS event-stream message: prelude (lengths + CRC), string headers, payload, message CRC."""
+    headers = b""
+    for name, value in ((":event-type", event_type), (":content-type", "application/json"),
+                        (":message-type", "event")):
+        headers += bytes([len(name)]) + name.encode() + b"\x07" + struct.pack(">H", len(value)) + value.encode()
+    total = 12 + len(headers) + len(payload) + 4
+    prelude = struct.pack(">II", total, len(headers))
+    prelude += struct.pack(">I", binascii.crc32(prelude))
+    message = prelude + headers + payload
+    return message + struct.pack(">I", binascii.crc32(message))
+
+
+CONVERSE_START = _frame("messageStart", b'{"role":"assistant"}')
+CONVERSE_WORDS = [_frame("contentBlockDelta", b'{"contentBlockIndex":0,"delta":{"text":%s}}' % json.dumps(word).encode())
+                  for word in WORDS]
+CONVERSE_END = (_frame("contentBlockStop", b'{"contentBlockIndex":0}') + _frame("messageStop", b'{"stopReason":"end_turn"}'))
+EVENTSTREAM_HEAD = (b"HTTP/1.1 200 OK\r\nContent-Type: application/vnd.amazon.eventstream\r\n"
+                    b"Transfer-Encoding: chunked\r\n\r\n")
+GEMINI_STREAM_HEAD = (b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+                      b"Transfer-Encoding: chunked\r\n\r\n")
 
 
 def _chunked(payload: bytes) -> bytes:
@@ -144,7 +199,7 @@ class Upstream(asyncio.Protocol):
                 return
             method, path, version = parts
             length, keep_alive = 0, version == "HTTP/1.1"
-            api_key = version_header = None
+            api_key = version_header = goog_key = authorization = None
             for line in lines[1:]:
                 name, _, value = line.partition(":")
                 name = name.strip().lower()
@@ -159,6 +214,10 @@ class Upstream(asyncio.Protocol):
                     api_key = value.strip()
                 elif name == "anthropic-version":
                     version_header = value.strip()
+                elif name == "x-goog-api-key":
+                    goog_key = value.strip()
+                elif name == "authorization":
+                    authorization = value.strip()
             if length < 0 or length > MAX_BODY:
                 self._fail("400 Bad Request")
                 return
@@ -169,6 +228,12 @@ class Upstream(asyncio.Protocol):
             path = path.split("?", 1)[0]
             if path == "/v1/messages" and (api_key != ANTHROPIC_KEY or not version_header):
                 self._reply("401 Unauthorized", ANTHROPIC_AUTH_ERROR, keep_alive)
+                continue
+            if path.startswith("/v1beta/") and goog_key != ANTHROPIC_KEY:
+                self._reply("400 Bad Request", GEMINI_KEY_ERROR, keep_alive)
+                continue
+            if path.startswith("/model/") and not (authorization or "").startswith("AWS4-HMAC-SHA256 "):
+                self._reply("403 Forbidden", b'{"message":"Missing Authentication Token"}', keep_alive)
                 continue
             self._dispatch(method, path, body, keep_alive)
 
@@ -183,7 +248,8 @@ class Upstream(asyncio.Protocol):
         assert self.transport is not None
         if path == "/health" and method == "GET":
             self._reply("200 OK", b'{"status":"ok"}', keep_alive)
-        elif path not in ("/v1/chat/completions", "/v1/messages"):
+        elif path not in ("/v1/chat/completions", "/v1/messages") and not _is_gemini(path) \
+                and not _is_converse(path):
             self._reply("404 Not Found", b'{"error":{"message":"not found"}}', keep_alive)
         elif method != "POST":
             self._reply("405 Method Not Allowed", b'{"error":{"message":"use POST"}}', keep_alive)
@@ -196,8 +262,18 @@ class Upstream(asyncio.Protocol):
                 return
             Upstream.counter += 1
             anthropic = path == "/v1/messages"
-            if request.get("stream") is True:
-                self._start_stream(model, keep_alive, anthropic)
+            if _is_gemini(path):
+                if path.endswith(":streamGenerateContent"):
+                    self._start_stream(model, keep_alive, wire="gemini")
+                else:
+                    self._reply("200 OK", (GEMINI_ANSWER % Upstream.counter).encode(), keep_alive)
+            elif _is_converse(path):
+                if path.endswith("/converse-stream"):
+                    self._start_stream(model, keep_alive, wire="bedrock")
+                else:
+                    self._reply("200 OK", CONVERSE_ANSWER.encode(), keep_alive)
+            elif request.get("stream") is True:
+                self._start_stream(model, keep_alive, "anthropic" if anthropic else "openai")
             elif anthropic:
                 self._reply("200 OK", (MESSAGE % (Upstream.counter, model)).encode(), keep_alive)
             else:
@@ -212,21 +288,26 @@ class Upstream(asyncio.Protocol):
             self.transport = None
 
     # --- streaming --------------------------------------------------------------------
-    def _start_stream(self, model: str, keep_alive: bool, anthropic: bool = False) -> None:
+    def _start_stream(self, model: str, keep_alive: bool, wire: str = "openai") -> None:
         """Send headers plus the role chunk (Anthropic: message_start, content_block_start
-        and ping) now; the rest on a timer chain."""
+        and ping; Bedrock: messageStart; Gemini: nothing before its first text) now;
+        the rest on a timer chain."""
         assert self.transport is not None
         self.streaming = True
         self.keep_alive = keep_alive
-        self.anthropic = anthropic
+        self.wire = wire
         self.stream_id = Upstream.counter
         self.model = model
         self.created = int(time.time())
         self.sent = 0
-        if anthropic:
+        if wire == "anthropic":
             start = (ANTHROPIC_START % (self.stream_id, model)).encode()
             self.transport.write(STREAM_HEAD + _chunked(start) + _chunked(ANTHROPIC_BLOCK_START)
                                  + _chunked(ANTHROPIC_PING))
+        elif wire == "bedrock":
+            self.transport.write(EVENTSTREAM_HEAD + _chunked(CONVERSE_START))
+        elif wire == "gemini":
+            self.transport.write(GEMINI_STREAM_HEAD)
         else:
             first = self._event('{"role":"assistant","content":""}', "null")
             self.transport.write(STREAM_HEAD + _chunked(first))
@@ -241,17 +322,30 @@ class Upstream(asyncio.Protocol):
             return
         if self.sent < self.chunks:
             word = json.dumps(WORDS[self.sent % len(WORDS)])
-            if self.anthropic:
+            last = self.sent == self.chunks - 1
+            if self.wire == "anthropic":
                 self.transport.write(_chunked((ANTHROPIC_DELTA % word).encode()))
+            elif self.wire == "bedrock":
+                self.transport.write(_chunked(CONVERSE_WORDS[self.sent % len(WORDS)]))
+            elif self.wire == "gemini":   # usage is cumulative; the last event carries the finish reason
+                finish = ',"finishReason":"STOP"' if last else ""
+                event = GEMINI_EVENT % (word, finish, self.sent + 1, 31 + self.sent + 1, self.stream_id)
+                self.transport.write(_chunked(event.encode()))
             else:
                 self.transport.write(_chunked(self._event('{"content":%s}' % word, "null")))
             self.sent += 1
             self.timer = asyncio.get_running_loop().call_later(self.delay, self._next_chunk)
             return
-        if self.anthropic:
+        if self.wire == "anthropic":
             delta = (ANTHROPIC_MESSAGE_DELTA % (self.chunks + 1)).encode()  # output_tokens is cumulative
             self.transport.write(_chunked(ANTHROPIC_BLOCK_STOP) + _chunked(delta) + _chunked(ANTHROPIC_MESSAGE_STOP)
                                  + b"0\r\n\r\n")
+        elif self.wire == "bedrock":
+            usage = b'{"usage":{"inputTokens":31,"outputTokens":%d,"totalTokens":%d},"metrics":{"latencyMs":5}}' % (
+                self.chunks, 31 + self.chunks)
+            self.transport.write(_chunked(CONVERSE_END + _frame("metadata", usage)) + b"0\r\n\r\n")
+        elif self.wire == "gemini":
+            self.transport.write(b"0\r\n\r\n")   # no terminator event: the body just ends
         else:
             self.transport.write(_chunked(self._event("{}", '"stop"')) + _chunked(DONE_EVENT) + b"0\r\n\r\n")
         self.streaming = False
@@ -260,6 +354,14 @@ class Upstream(asyncio.Protocol):
             self.transport = None
         elif self.buf:
             self._drain_requests()
+
+
+def _is_gemini(path: str) -> bool:
+    return path.startswith("/v1beta/models/") and path.endswith((":generateContent", ":streamGenerateContent"))
+
+
+def _is_converse(path: str) -> bool:
+    return path.startswith("/model/") and path.endswith(("/converse", "/converse-stream"))
 
 
 # --- process plumbing -----------------------------------------------------------------

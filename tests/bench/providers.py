@@ -3,7 +3,8 @@
 Why: the OpenAI-compatible adapter relays an upstream's chunks byte for byte, while a
 native provider (Anthropic Messages) has every event parsed and a new OpenAI chunk built
 for it. Issue 8's budget: 200 concurrent Anthropic-format streams cost the gateway no
-more than ``CPU_LIMIT`` times the CPU per stream of the OpenAI-compatible relay. Both
+more than ``CPU_LIMIT`` times the CPU per stream of the OpenAI-compatible relay;
+Gemini and Bedrock legs are measured the same way, for the record. Both
 legs run against one gateway, whose config has one model group per provider, every group
 pointing at the same fake upstream (OpenAI SSE on ``/v1/chat/completions``, Anthropic
 Messages SSE on ``/v1/messages``, the same number of text chunks with the same delays),
@@ -31,10 +32,12 @@ class Provider:
     model: str  # litellm_params.model
     api_path: str  # appended to the upstream's root for api_base
     wire: str  # what the fake upstream sends to the gateway, for the table
+    credentials: str = "api_key: bench-upstream-key"   # litellm_params lines, joined by "; "
 
     def deployment(self, host: str, upstream_port: int) -> str:
+        credentials = "".join(f"      {line.strip()}\n" for line in self.credentials.split(";"))
         return (f"  - model_name: {self.group}\n    litellm_params:\n      model: {self.model}\n"
-                f"      api_base: http://{host}:{upstream_port}{self.api_path}\n      api_key: bench-upstream-key\n")
+                f"      api_base: http://{host}:{upstream_port}{self.api_path}\n{credentials}")
 
     def describe(self, host: str, upstream_port: int) -> str:
         return f"{self.group}: {self.model} at http://{host}:{upstream_port}{self.api_path}; {self.wire}"
@@ -47,6 +50,15 @@ PROVIDERS = {
     "anthropic": Provider("anthropic", "bench-anthropic", "anthropic/bench-upstream-model", "",
                           "Anthropic Messages SSE (message_start, content_block_start, ping, content_block_delta"
                           " per chunk, content_block_stop, message_delta, message_stop), translated"),
+    # the Gemini adapter posts to {api_base}/models/<m>:streamGenerateContent?alt=sse with x-goog-api-key
+    "gemini": Provider("gemini", "bench-gemini", "gemini/bench-upstream-model", "/v1beta",
+                       "Gemini streamGenerateContent SSE (a whole GenerateContentResponse per chunk, CRLF,"
+                       " no terminator), translated"),
+    # the Bedrock adapter signs with SigV4 (botocore) and reads AWS event-stream frames (botocore)
+    "bedrock": Provider("bedrock", "bench-bedrock", "bedrock/bench-upstream-model", "",
+                        "Bedrock ConverseStream binary event-stream frames, SigV4-signed calls, translated",
+                        "aws_access_key_id: AKIABENCHKEY0000; aws_secret_access_key: bench-secret-access-key;"
+                        " aws_region_name: us-east-1"),
 }
 
 
