@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 import os
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Collection
 from urllib.parse import urlsplit
@@ -27,9 +27,12 @@ ROUTING_STRATEGIES = ("simple-shuffle", "least-busy", "latency-based-routing", "
 STRATEGY_ALIASES = {"usage-based-routing-v2": "usage-based-routing"}
 MODES = ("chat", "embedding", "completion")
 FALLBACK_KEYS = ("fallbacks", "context_window_fallbacks", "content_policy_fallbacks")
-# Keys whose `os.environ/NAME` must resolve, or the gateway would serve open.
-FAIL_CLOSED_KEYS = (("general_settings", "master_key"), ("general_settings", "metrics_token"))
-NOT_ACTED_ON = ("general_settings.metrics_token",)
+# Keys whose `os.environ/NAME` must resolve, or the gateway would serve open (the keys), or split
+# keys, spend and limits per VM on a database and counters of its own (the URLs).
+FAIL_CLOSED_KEYS = (("general_settings", "master_key"), ("general_settings", "metrics_token"),
+                    ("general_settings", "database_url"), ("general_settings", "redis_url"))
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+DRAIN_MARGIN = 15.0   # seconds of graceful time past the longest a stream may run
 AWS_KEYS = ("aws_access_key_id", "aws_secret_access_key", "aws_session_token", "aws_region_name")
 # Where AWS's own tools look for each, when a bedrock deployment does not name it.
 AWS_ENV = {"aws_access_key_id": ("AWS_ACCESS_KEY_ID",), "aws_secret_access_key": ("AWS_SECRET_ACCESS_KEY",),
@@ -52,6 +55,14 @@ class _Strict(Schema):
 
 
 _positive = validate.Range(min=0, min_inclusive=False)
+
+
+def _one_of_any_case(choices: tuple[str, ...]):
+    def check(value: str) -> None:
+        if value.lower() not in choices:
+            raise ValidationError(f"must be one of {', '.join(choices)} (any case)")
+    return check
+
 _non_negative = validate.Range(min=0)
 
 
@@ -123,6 +134,7 @@ class RouterSettingsSchema(_Strict):
 class LitellmSettingsSchema(_Strict):
     drop_params = fields.Boolean(load_default=False)
     request_timeout = fields.Float(validate=_positive, load_default=600.0)
+    json_logs = fields.Boolean(load_default=True)
 
 
 class GeneralSettingsSchema(_Strict):
@@ -136,6 +148,8 @@ class GeneralSettingsSchema(_Strict):
     metrics_token = fields.String(allow_none=True, load_default=None)
     background_health_checks = fields.Boolean(load_default=False)
     health_check_interval = fields.Float(validate=_positive, load_default=300.0)
+    log_level = fields.String(load_default="info", validate=_one_of_any_case(LOG_LEVELS))
+    disable_metrics = fields.Boolean(load_default=False)
 
 
 class ConfigSchema(_Strict):
@@ -161,6 +175,10 @@ class Settings:
     metrics_token: str | None = field(default=None, repr=False)
     background_health_checks: bool = False
     health_check_interval: float = 300.0
+    log_level: str = "info"
+    json_logs: bool = True
+    metrics: bool = True
+    request_timeout: float = 600.0   # the longest a request, or a stream, may run in total
     worker_connections: int = 1000
     state_fd: int | None = None     # shared-memory router state inherited from the gunicorn master
     secrets: tuple[str, ...] = field(default=(), repr=False)   # every credential, for redaction
@@ -169,6 +187,16 @@ class Settings:
     @property
     def model_names(self) -> tuple[str, ...]:
         return tuple(dict.fromkeys(d.model_name for d in self.deployments))
+
+    def stream_lifetime(self, deployment: Deployment) -> float:
+        """Seconds a stream from `deployment` may run in all: a reload or stop waits that long, never longer."""
+        return max(deployment.timeout, self.request_timeout)
+
+    @property
+    def graceful_timeout(self) -> float:
+        """What gunicorn gives in-flight requests and streams on reload and stop."""
+        longest = max((self.stream_lifetime(d) for d in self.deployments), default=self.request_timeout)
+        return longest + DRAIN_MARGIN
 
 
 def config_path_from_env(explicit: str | os.PathLike | None = None) -> Path:
@@ -220,8 +248,7 @@ def load_settings(path: str | os.PathLike | None = None, *, providers: Collectio
         data = ConfigSchema().load(resolved)
     except ValidationError as exc:
         raise ConfigError(_format_errors(config_path, exc.messages, lines)) from None
-    settings = _build(config_path, data, lines, providers, needs_api_base, missing, env)
-    return replace(settings, warnings=settings.warnings + _not_acted_on(raw))
+    return _build(config_path, data, lines, providers, needs_api_base, missing, env)
 
 
 def worker_timeouts(environ: dict | None = None) -> tuple[float, float]:
@@ -297,22 +324,6 @@ def _refuse_keyless(path: Path, missing: dict, lines: dict) -> None:
                           f"or empty; refusing to start without it (remove {key[-1]} to run without one)")
     if errors:
         raise ConfigError("\n".join([f"{path}: invalid config:", *errors]))
-
-
-def _not_acted_on(raw: dict) -> tuple[str, ...]:
-    """Settings this release parses but does not act on yet: said at start, never accepted silently."""
-    present = []
-    for dotted in NOT_ACTED_ON:
-        section, _, key = dotted.partition(".")
-        values = [raw.get(section)] if section != "model_list" else raw.get("model_list") or []
-        for value in values:
-            container = value.get("litellm_params") if section == "model_list" and isinstance(value, dict) else value
-            if isinstance(container, dict) and key in container:
-                present.append(dotted)
-                break
-    if not present:
-        return ()
-    return (f"accepted but not acted on in this release: {', '.join(present)} (docs/configuration.md)",)
 
 
 def _format_errors(path: Path, messages, lines: dict) -> str:
@@ -412,6 +423,10 @@ def _build(config_path: Path, data: dict, lines: dict, providers, needs_api_base
         metrics_token=general["metrics_token"],
         background_health_checks=general["background_health_checks"],
         health_check_interval=general["health_check_interval"],
+        log_level=general["log_level"].lower(),
+        json_logs=litellm["json_logs"],
+        metrics=not general["disable_metrics"],
+        request_timeout=litellm["request_timeout"],
         worker_connections=_int_env(env, "SHIN_GATEWAY_WORKER_CONNECTIONS", 1000),
         state_fd=state_segment_fd(env),
         secrets=tuple(sorted({s for s in secrets if s and len(s) >= 4}, key=len, reverse=True)),
