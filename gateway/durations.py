@@ -8,6 +8,7 @@ from .types import KeyRecord
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400, "mo": 30 * 86400}
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(mo|s|m|h|d|w)\s*$")
+MAX_SECONDS = 100 * 365 * 86400    # longer would put an expiry or a period end past what dates can show
 
 
 def parse_duration(text: str) -> float:
@@ -16,7 +17,10 @@ def parse_duration(text: str) -> float:
     if not match or float(match.group(1)) <= 0:
         raise ValueError(f"{text!r} is not a duration: use a positive number with s, m, h, d, w or mo, "
                          "e.g. \"30d\"")
-    return float(match.group(1)) * _UNITS[match.group(2)]
+    seconds = float(match.group(1)) * _UNITS[match.group(2)]
+    if seconds > MAX_SECONDS:
+        raise ValueError(f"{text!r} is too long: a duration is at most 100 years")
+    return seconds
 
 
 def period_start(anchor: float, seconds: float, now: float) -> float:

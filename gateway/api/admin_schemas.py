@@ -22,6 +22,7 @@ MAX_MODELS = 1000
 MAX_KEYS_PER_DELETE = 1000
 MAX_PAGE_SIZE = 100           # /key/list
 MAX_LOGS_PAGE_SIZE = 1000     # /spend/logs
+MAX_PAGE = 10 ** 9            # a page past it would overflow the database's 64-bit offsets
 
 
 def load_body(schema: Schema) -> dict:
@@ -103,7 +104,7 @@ class When(StrictString):
         value = super()._deserialize(value, attr, data, **kwargs)
         try:
             parse_when(value, end=self.end)
-        except ValueError:
+        except (ValueError, OverflowError):   # OverflowError: the day after 9999-12-31
             raise ValidationError("must be a date (YYYY-MM-DD) or an ISO 8601 time.") from None
         return value
 
@@ -179,7 +180,7 @@ class KeyOnly(Strict):
 # --- query arguments ----------------------------------------------------------------------------
 
 class ListKeys(Strict):
-    page = fields.Integer(load_default=1, validate=validate.Range(min=1))
+    page = fields.Integer(load_default=1, validate=validate.Range(min=1, max=MAX_PAGE))
     size = fields.Integer(load_default=10, validate=validate.Range(min=1, max=MAX_PAGE_SIZE))
     user_id = _name()
     team_id = _name()
@@ -199,7 +200,7 @@ class SpendLogs(SpendFilters):
     team_id = _name()
     model = _name()
     request_id = _name()
-    page = fields.Integer(validate=validate.Range(min=1))
+    page = fields.Integer(validate=validate.Range(min=1, max=MAX_PAGE))
     page_size = fields.Integer(load_default=50, validate=validate.Range(min=1, max=MAX_LOGS_PAGE_SIZE))
 
 

@@ -326,3 +326,25 @@ def test_parse_when():
     assert parse_when("2025-03-01T12:00:00") == T0 == parse_when("2025-03-01T13:00:00+01:00")
     with pytest.raises(ValueError):
         parse_when("yesterday")
+
+
+# --- what fuzzing /openapi.json found: inputs that used to end in a 500 are 400s now ---------------
+
+@pytest.mark.parametrize("schema, data, field", [
+    ("ListKeys", {"page": str(10 ** 30)}, "page"),
+    ("SpendLogs", {"page": str(10 ** 30)}, "page"),
+    ("SpendLogs", {"end_date": "9999-12-31"}, "end_date"),
+    ("GenerateKey", {"duration": "731598.03w"}, "duration"),
+    ("GenerateKey", {"budget_duration": "99999999999999999999d"}, "budget_duration"),
+])
+def test_values_past_what_the_database_or_a_date_can_hold_are_refused(schema, data, field):
+    from gateway.api import admin_schemas
+    errors = getattr(admin_schemas, schema)().validate(data)
+    assert field in errors, errors
+
+
+def test_a_century_is_the_longest_duration():
+    from gateway.durations import parse_duration
+    assert parse_duration("36500d") == 36500 * 86400
+    with pytest.raises(ValueError, match="at most 100 years"):
+        parse_duration("5300w")
