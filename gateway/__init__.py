@@ -21,6 +21,7 @@ def create_app(config_path: str | os.PathLike | None = None, settings=None):
     from .health import HealthChecker
     from .keys import KeyChecker
     from .limits import Limiter
+    from .logging import RequestLog
     from .logging import install as install_logging
     from .providers import build_adapters, load_config
     from .redact import Redactor
@@ -29,16 +30,19 @@ def create_app(config_path: str | os.PathLike | None = None, settings=None):
 
     settings = settings or load_config(config_path)
     redactor = Redactor(settings.secrets)
-    log = install_logging(redactor)
+    log = install_logging(redactor, settings.log_level, settings.json_logs)
     for warning in settings.warnings:
-        log.warning("config %s: %s", settings.config_path, warning)
+        log.warning("config %s: %s", settings.config_path, warning, extra={"event": "config_warning"})
     database = _database(settings, log)
     keys = KeyChecker(settings.master_key, database)
     if not keys.auth_enabled:
-        log.warning("no master_key is set: the gateway serves without authentication")
+        log.warning("no master_key is set: the gateway serves without authentication",
+                    extra={"event": "no_master_key"})
     adapters = build_adapters(settings.deployments, pool_maxsize=settings.worker_connections, redactor=redactor)
     state, local_state = _router_state(settings, log)
-    router = Router(settings.deployments, settings.router, state)
+    # Cooldowns are counted and logged by the service, built below (the router is built first).
+    router = Router(settings.deployments, settings.router, state,
+                    on_cooldown=lambda *cooldown: service.cooldown_started(*cooldown))
     health = HealthChecker(settings.deployments, adapters, state, router.note_probe, log, redactor=redactor,
                            background=settings.background_health_checks)
     if settings.background_health_checks:
@@ -50,7 +54,8 @@ def create_app(config_path: str | os.PathLike | None = None, settings=None):
                       limiter=Limiter(_limit_state(settings, local_state, log), _prices(settings.deployments),
                                       max((d.timeout for d in settings.deployments), default=600.0)),
                       spend=spend, database=database, admin=KeyAdmin(database, keys.forget),
-                      spend_reports=SpendReports(database))
+                      spend_reports=SpendReports(database), metrics=_metrics(settings, state),
+                      request_log=RequestLog())
 
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_body_bytes
@@ -73,7 +78,8 @@ def _router_state(settings, log):
         try:
             local = SharedMemoryState.open(settings.state_fd)
         except (OSError, ValueError) as exc:
-            log.warning("shared router state unavailable (%s): this worker keeps its own", exc)
+            log.warning("shared router state unavailable (%s): this worker keeps its own", exc,
+                        extra={"event": "router_state_private"})
     local = local or SharedMemoryState.private()
     if settings.redis_url:
         from .store.redis_state import RedisState
@@ -98,8 +104,23 @@ def _database(settings, log):
     try:
         database.migrate()
     except StorageUnavailable as exc:
-        log.warning("database unavailable at start-up (%s): virtual keys answer 503 until it is back", exc)
+        log.warning("database unavailable at start-up (%s): virtual keys answer 503 until it is back", exc,
+                    extra={"event": "database_unavailable"})
     return database
+
+
+def _metrics(settings, state):
+    """Prometheus metrics, unless general_settings.disable_metrics; summed over workers under gunicorn."""
+    if not settings.metrics:
+        return None
+    from importlib.metadata import PackageNotFoundError, version
+
+    from .metrics import Metrics
+    try:
+        release = version("shin-gateway")
+    except PackageNotFoundError:
+        release = "unknown"
+    return Metrics(settings.deployments, state, release)
 
 
 def _prices(deployments) -> dict[str, tuple[float, float]]:

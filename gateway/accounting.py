@@ -105,7 +105,7 @@ class SpendWriter:
         written = self.flush(timeout)
         if not written:
             self._log.warning("stopping with %d spend rows not written: the database is unavailable",
-                              self.pending)
+                              self.pending, extra={"event": "spend_rows_lost", "rows": self.pending})
         return written
 
     # --- internals ---------------------------------------------------------------------
@@ -137,7 +137,8 @@ class SpendWriter:
             self._retry = RETRY_FIRST
             if self._failing:
                 self._failing = False
-                self._log.info("spend rows are being written again (%d waiting)", len(queue))
+                self._log.info("spend rows are being written again (%d waiting)", len(queue),
+                               extra={"event": "spend_writes_resumed"})
             if self._overflowing and len(queue) < self._max_queue:
                 self._overflowing = False
             return True
@@ -157,7 +158,7 @@ class SpendWriter:
         if not self._overflowing:
             self._overflowing = True
             self._log.warning("the spend queue is full (%d rows): dropping the oldest rows until the database "
-                              "catches up", self._max_queue)
+                              "catches up", self._max_queue, extra={"event": "spend_queue_full"})
 
     def _outage(self, exc: Exception) -> None:
         if not self._failing:
@@ -165,4 +166,5 @@ class SpendWriter:
             # Our own StorageUnavailable says what is wrong; any other exception is named by its
             # type only, since a driver's message may quote the rows it refused.
             reason = exc.message if isinstance(exc, StorageUnavailable) else type(exc).__name__
-            self._log.warning("cannot write spend rows (%s): keeping them and retrying", reason)
+            self._log.warning("cannot write spend rows (%s): keeping them and retrying", reason,
+                              extra={"event": "spend_write_failed"})

@@ -72,7 +72,8 @@ class HealthChecker:
                 try:
                     return orjson.loads(stored)
                 except orjson.JSONDecodeError:
-                    self._log.warning("the stored health report is unreadable; probing now")
+                    self._log.warning("the stored health report is unreadable; probing now",
+                                      extra={"event": "health_report_unreadable"})
         return self.probe_all()
 
     def run_background(self, interval: float) -> None:
@@ -86,9 +87,11 @@ class HealthChecker:
         while True:
             try:
                 if self._state.claim_probe(interval):
-                    self._state.publish_health(orjson.dumps(self.probe_all()))
+                    report = self.probe_all()
+                    self._log_changes(self._state.health_report(), report)
+                    self._state.publish_health(orjson.dumps(report))
             except Exception:
-                self._log.exception("background health check failed")
+                self._log.exception("background health check failed", extra={"event": "health_check_failed"})
             gevent.sleep(pause)
 
     # --- one deployment ------------------------------------------------------------------------
@@ -101,12 +104,14 @@ class HealthChecker:
         try:
             error = self._call(deployment)
         except Exception:
-            self._log.exception("health check of deployment %s failed inside the gateway", deployment.id)
+            self._log.exception("health check of deployment %s failed inside the gateway", deployment.id,
+                                extra={"event": "health_check_failed", "deployment": deployment.id})
             error = GatewayError(UNEXPECTED)
         try:
             self._on_result(deployment, error)
         except Exception:
-            self._log.exception("recording the health of deployment %s failed", deployment.id)
+            self._log.exception("recording the health of deployment %s failed", deployment.id,
+                                extra={"event": "health_check_failed", "deployment": deployment.id})
         return error
 
     def _call(self, deployment: Deployment) -> GatewayError | None:
@@ -126,6 +131,24 @@ class HealthChecker:
         except GatewayError as error:
             return error
         return None
+
+    def _log_changes(self, previous: bytes | None, report: dict) -> None:
+        """One line per deployment whose health changed since the last report (any worker's)."""
+        try:
+            before = orjson.loads(previous) if previous else {}
+        except orjson.JSONDecodeError:
+            before = {}
+        was_down = {e["model_id"] for e in before.get("unhealthy_endpoints", ())}
+        for entry in report["unhealthy_endpoints"]:
+            if entry["model_id"] not in was_down:
+                self._log.warning("deployment %s of %s is unhealthy: %s", entry["model_id"], entry["model_name"],
+                                  entry["error"], extra={"event": "health_change", "deployment": entry["model_id"],
+                                                         "model_group": entry["model_name"], "healthy": False})
+        for entry in report["healthy_endpoints"]:
+            if entry["model_id"] in was_down:
+                self._log.info("deployment %s of %s is healthy again", entry["model_id"], entry["model_name"],
+                               extra={"event": "health_change", "deployment": entry["model_id"],
+                                      "model_group": entry["model_name"], "healthy": True})
 
     def _entry(self, deployment: Deployment) -> dict:
         return {"model_name": deployment.model_name, "model": f"{deployment.provider}/{deployment.upstream_model}",

@@ -59,6 +59,10 @@ class KeyChecker:
     def auth_enabled(self) -> bool:
         return self._master_digest is not None
 
+    def is_master(self, presented: str) -> bool:
+        """Is this the master key? In constant time, and without a database lookup."""
+        return self._master_digest is not None and hmac.compare_digest(digest(presented), self._master_digest)
+
     def authenticate(self, presented: str | None) -> Principal:
         if self._master_digest is None:
             return ANONYMOUS

@@ -3,18 +3,35 @@
 gunicorn executes its config file in the master at start and again on every
 SIGHUP. Here the master validates the gateway config each time: at start an
 invalid config stops the server; on reload it is refused, logged, and the
-workers gunicorn forks keep serving the text validated last.
+workers gunicorn forks keep serving the text validated last. The graceful
+time of a reload or stop follows the config: the longest a stream may run.
+
+The master also prepares the metrics directory every worker writes to, and
+hands gunicorn a logger that writes its own lines as the gateway's are.
 """
 from __future__ import annotations
 
 import ipaddress
+import logging
+import math
 import multiprocessing
-import sys
+import os
+import shutil
+import tempfile
+from pathlib import Path
 
+from gunicorn.glogging import Logger
+
+from .logging import LineFormatter
+from .logging import install as install_logging
+from .metrics import MULTIPROC_ENV
 from .providers import load_config
+from .redact import Redactor
 from .settings import (ConfigError, config_path_from_env, ensure_state_segment, remember_validated, state_segment_fd,
                        validated_text)
 from .store.shared_memory import create_segment, release_worker
+
+log = logging.getLogger("gateway.server")
 
 PORT = 4000
 WORKER_CONNECTIONS = 1000
@@ -29,15 +46,24 @@ def gunicorn_settings() -> dict:
     except (OSError, ConfigError) as exc:
         message = str(exc) if isinstance(exc, ConfigError) else f"{path}: cannot read config file: {exc}"
         if not reloading:
-            sys.stderr.write(f"shin-gateway: {message}\n")
+            install_logging(Redactor())
+            log.error("shin-gateway: %s", message, extra={"event": "config_invalid", "config": str(path)})
             raise SystemExit(2) from None
-        sys.stderr.write(f"shin-gateway: config reload refused, still serving the previous config:\n{message}\n")
         settings = load_config(path, text=validated_text())
+        _install_logging(settings)
+        log.error("shin-gateway: config reload refused, still serving the previous config:\n%s", message,
+                  extra={"event": "reload_refused", "config": str(path)})
     else:
         remember_validated(text)
+        _install_logging(settings)
+        if reloading:
+            log.info("config %s reloaded: %d deployments in %d model groups; replacing the workers", path,
+                     len(settings.deployments), len(settings.model_names),
+                     extra={"event": "reload", "config": str(path), "model_groups": list(settings.model_names)})
     # Made before the first fork and kept across reloads: cooldowns and
     # in-flight counts survive a SIGHUP, and every worker shares one segment.
     ensure_state_segment(create_segment)
+    _prepare_metrics_directory()
     host = "0.0.0.0" if settings.master_key else "127.0.0.1"
     conf = {
         "bind": [f"{host}:{PORT}"],
@@ -50,21 +76,95 @@ def gunicorn_settings() -> dict:
         # nginx's upstream keepalive_timeout (60 s), so nginx closes first.
         "keepalive": 75,
         "timeout": 60,             # heartbeat only: gevent workers answer it while streaming
-        "graceful_timeout": 120,   # in-flight requests and streams finish on reload/stop
+        # In-flight requests and streams finish on reload and stop: no stream may outlive this.
+        "graceful_timeout": math.ceil(settings.graceful_timeout),
         "preload_app": False,      # each worker builds its pools after gevent has patched
         "worker_tmp_dir": "/dev/shm",
-        "accesslog": None,
+        "accesslog": None,         # the gateway writes one line per request itself (logging.RequestLog)
         "errorlog": "-",
+        "loglevel": settings.log_level,
+        "logger_class": "gateway.server.GatewayLogger",
         # gunicorn 27's control socket defaults to one path per user, shared by
         # every instance on the host; the gateway does not use it.
         "control_socket_disable": True,
         "raw_env": [f"SHIN_GATEWAY_WORKER_CONNECTIONS={WORKER_CONNECTIONS}"],
         "worker_exit": _close_service,
-        "child_exit": _release_router_state,
+        "child_exit": _child_exited,
+        "when_ready": _ready if settings.master_key else _ready_keyless,
+        "on_exit": _remove_metrics_directory,
     }
-    if not settings.master_key:
-        conf["when_ready"] = _refuse_open_keyless
     return conf
+
+
+class GatewayLogger(Logger):
+    """gunicorn's own lines (boot, signals, worker exits) as the gateway's: JSON, redacted, at its level."""
+
+    def setup(self, cfg):
+        super().setup(cfg)
+        settings = load_config(config_path_from_env(), text=validated_text())
+        formatter = LineFormatter(Redactor(settings.secrets), settings.json_logs)
+        for logger in (self.error_log, self.access_log):
+            for handler in logger.handlers:
+                handler.setFormatter(formatter)
+
+
+def _install_logging(settings) -> None:
+    install_logging(Redactor(settings.secrets), settings.log_level, settings.json_logs)
+
+
+def _prepare_metrics_directory() -> None:
+    """Once, in the master before the first fork: an empty directory for every worker's metric files.
+
+    An operator's PROMETHEUS_MULTIPROC_DIR (systemd's RuntimeDirectory) is
+    emptied of an earlier run's files; else the master makes its own in
+    /dev/shm and removes it at exit. Kept across reloads: counts survive a SIGHUP.
+    """
+    if os.environ.get(_OWN_METRICS_ENV) or (os.environ.get(MULTIPROC_ENV) and os.environ.get(_PREPARED_ENV)):
+        return
+    given = os.environ.get(MULTIPROC_ENV)
+    if given:
+        directory = Path(given)
+        directory.mkdir(parents=True, exist_ok=True)
+        for stale in directory.glob("*.db"):
+            stale.unlink()
+        os.environ[_PREPARED_ENV] = "1"
+        return
+    base = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+    os.environ[MULTIPROC_ENV] = os.environ[_OWN_METRICS_ENV] = tempfile.mkdtemp(prefix="shin-gateway-metrics-",
+                                                                                 dir=base)
+
+
+_PREPARED_ENV = "SHIN_GATEWAY_METRICS_PREPARED"
+_OWN_METRICS_ENV = "SHIN_GATEWAY_METRICS_OWN_DIR"
+
+
+def _remove_metrics_directory(server) -> None:
+    own = os.environ.get(_OWN_METRICS_ENV)
+    if own:
+        shutil.rmtree(own, ignore_errors=True)
+
+
+def _child_exited(server, worker) -> None:
+    """In the master, after any worker exit (a SIGKILL included): its in-flight counts end with it."""
+    _release_router_state(server, worker)
+    directory = os.environ.get(MULTIPROC_ENV)
+    if directory:
+        from prometheus_client.multiprocess import mark_process_dead
+        mark_process_dead(worker.pid, directory)   # its live gauges go; its counters stay, still summed
+
+
+def _ready(server) -> None:
+    settings = load_config(config_path_from_env(), text=validated_text())
+    log.info("serving %d deployments in %d model groups on %s with %d workers", len(settings.deployments),
+             len(settings.model_names), ", ".join(_bound_addresses(server)), server.num_workers,
+             extra={"event": "startup", "config": str(settings.config_path), "workers": server.num_workers,
+                    "model_groups": list(settings.model_names), "graceful_timeout": settings.graceful_timeout,
+                    "log_level": settings.log_level, "metrics": settings.metrics})
+
+
+def _ready_keyless(server) -> None:
+    _refuse_open_keyless(server)
+    _ready(server)
 
 
 def _close_service(server, worker) -> None:
@@ -75,18 +175,18 @@ def _close_service(server, worker) -> None:
         try:
             service.close()
         except Exception:  # noqa: BLE001 - the worker is exiting either way
-            server.log.exception("closing the gateway service failed")
+            server.log.exception("closing the gateway service failed", extra={"event": "service_close_failed"})
 
 
 def _release_router_state(server, worker) -> None:
-    """In the master, after any worker exit (a SIGKILL included): its in-flight counts end with it."""
     fd = state_segment_fd()
     if fd is None:
         return
     try:
         release_worker(fd, worker.pid)
     except (OSError, ValueError):
-        server.log.exception("could not release the router state of worker %s", worker.pid)
+        server.log.exception("could not release the router state of worker %s", worker.pid,
+                             extra={"event": "state_release_failed"})
 
 
 def _refuse_open_keyless(server) -> None:
@@ -94,9 +194,11 @@ def _refuse_open_keyless(server) -> None:
     exposed = [address for address in _bound_addresses(server) if not _is_loopback(address)]
     if exposed:
         server.log.error("refusing to serve without a master_key on %s: without general_settings.master_key the "
-                         "gateway binds loopback only (127.0.0.1 / ::1)", ", ".join(exposed))
+                         "gateway binds loopback only (127.0.0.1 / ::1)", ", ".join(exposed),
+                         extra={"event": "keyless_exposed"})
         server.halt(reason="keyless gateway asked to bind a non-loopback address", exit_status=3)
-    server.log.warning("no master_key is set: serving without authentication on loopback only")
+    server.log.warning("no master_key is set: serving without authentication on loopback only",
+                       extra={"event": "no_master_key"})
 
 
 def _bound_addresses(server) -> list[str]:

@@ -1,11 +1,14 @@
 """The one object the views call: authenticate, check, limit, route, call the provider, close the books."""
 from __future__ import annotations
 
+import hmac
+import logging
 import time
 import uuid
 
 from .accounting import cost_of
-from .errors import GatewayError, ModelNotFound, PermissionDenied, UpstreamCredentialsMissing
+from .errors import AuthenticationFailed, GatewayError, ModelNotFound, PermissionDenied, RouteNotFound, \
+    UpstreamCredentialsMissing
 from .keys import KeyChecker
 from .limits import Limiter, Ticket
 from .routing import Router
@@ -13,6 +16,7 @@ from .settings import Settings
 from .types import ChunkStream, Completion, Deployment, ModelRequest, Principal, RouterState, SpendRow, Trace, Usage
 
 CLIENT_GONE = 499      # the status a spend row records when the client hung up before the answer
+MODEL, PROBE, OTHER = "model", "probe", "other"   # kinds of route, for the metrics and the request log
 
 
 class Service:
@@ -20,7 +24,8 @@ class Service:
 
     def __init__(self, settings: Settings, keys: KeyChecker, router: Router, adapters: dict,
                  state: RouterState, health=None, *, limiter: Limiter | None = None, spend=None,
-                 database=None, admin=None, spend_reports=None, wall=time.time):
+                 database=None, admin=None, spend_reports=None, metrics=None, request_log=None,
+                 wall=time.time):
         self.settings = settings
         self._keys = keys
         self._router = router
@@ -32,8 +37,11 @@ class Service:
         self._database = database
         self.admin = admin              # KeyAdmin, for the /key/* views
         self.spend_reports = spend_reports
+        self._metrics = metrics         # Metrics, or None when general_settings.disable_metrics is set
+        self._request_log = request_log
         self._wall = wall
         self._deployments = {d.id: d for d in settings.deployments}
+        self._lifetimes = {d.id: settings.stream_lifetime(d) for d in settings.deployments}
         self._database_checked = (float("-inf"), "ok")
         self._created = int(time.time())
 
@@ -47,6 +55,12 @@ class Service:
         errors too). From the key's admission on, every outcome closes the
         books exactly once: the reservation is settled and one spend row written.
         """
+        trace.stream = call.stream
+        key = principal.key
+        if key is not None:
+            trace.key_label = key.key_alias or key.token[:12]
+        if call.model in self._router:
+            trace.model_group = call.model
         self._check_model(principal, call.model)
         books = _Books(self, principal, call, trace, self._wall())
         try:
@@ -80,6 +94,53 @@ class Service:
         books.close(answer.usage, 200)
         return answer
 
+    def stream_ends_by(self, trace: Trace) -> float:
+        """When a stream from the deployment that serves `trace` must be over (monotonic)."""
+        return trace.started + self._lifetimes.get(trace.deployment_id, self.settings.request_timeout)
+
+    # --- each request's end: metrics and its log line ---------------------------------------
+
+    def request_started(self, kind: str) -> None:
+        if kind == MODEL and self._metrics is not None:
+            self._metrics.request_started()
+
+    def request_finished(self, trace: Trace, method: str, path: str, status: int, kind: str) -> None:
+        """The request is over (its answer built, its stream closed, or its client gone): count it, log it."""
+        ended = time.monotonic()
+        if kind == MODEL and self._metrics is not None:
+            self._metrics.request_finished(trace, status, ended)
+        log = self._request_log
+        if log is not None and log.enabled(kind == PROBE):
+            log.write(trace, method, path, status, ended, quiet=kind == PROBE)
+
+    def stream_started(self) -> None:
+        if self._metrics is not None:
+            self._metrics.stream_started()
+
+    def stream_ended(self) -> None:
+        if self._metrics is not None:
+            self._metrics.stream_ended()
+
+    def metrics_text(self, presented_key: str | None) -> bytes:
+        """The Prometheus text; behind `metrics_token` (or the master key) when one is set."""
+        if self._metrics is None:
+            raise RouteNotFound("Metrics are off (general_settings.disable_metrics).")
+        token = self.settings.metrics_token
+        if token and not (presented_key and (hmac.compare_digest(presented_key.encode(), token.encode())
+                                             or self._keys.is_master(presented_key))):
+            raise AuthenticationFailed("GET /metrics needs the metrics token: Authorization: Bearer <metrics_token>.")
+        return self._metrics.render()
+
+    def cooldown_started(self, deployment: Deployment, cooldown, error: GatewayError) -> None:
+        """The router took a deployment out of rotation: count it and say so in the log."""
+        if self._metrics is not None:
+            self._metrics.cooldown_started(deployment.id)
+        logging.getLogger("gateway.router").warning(
+            "deployment %s of %s cools down for %.0f s after %s", deployment.id, deployment.model_name,
+            max(0.0, cooldown.until - self._wall()), error.code or error.type,
+            extra={"event": "cooldown", "deployment": deployment.id, "model_group": deployment.model_name,
+                   "seconds": round(max(0.0, cooldown.until - self._wall()), 1), "error_type": error.code})
+
     def models(self, principal: Principal) -> list[dict]:
         return [self._model_card(name) for name in self._router.model_names if principal.may_use(name)]
 
@@ -104,7 +165,10 @@ class Service:
     def close(self) -> None:
         """Graceful stop: queued spend rows reach the database before the worker goes."""
         if self._spend is not None:
-            self._spend.close()
+            written = self._spend.close()
+            logging.getLogger("gateway").info(
+                "worker stopping: spend rows %s", "flushed" if written else "NOT all written (see above)",
+                extra={"event": "shutdown", "spend_rows_flushed": written})
         for adapter in self._adapters.values():
             adapter.close()
         if self._limiter is not None:
@@ -130,6 +194,7 @@ class Service:
         deployment = self._deployments.get(trace.deployment_id)
         cost = cost_of(deployment, usage) if deployment is not None and usage is not None else 0.0
         trace.cost = cost
+        trace.usage = usage
         tokens = usage.total_tokens if usage else 0
         key = principal.key
         if books.ticket is not None:

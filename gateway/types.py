@@ -121,8 +121,9 @@ class ChunkStream(Protocol):
 
 @dataclass(slots=True)
 class Trace:
-    """What the router did for one call, filled in as it goes: the `x-litellm-*` headers read it."""
+    """One request as it goes: the `x-litellm-*` headers, the metrics and the request's log line read it."""
     started: float = 0.0            # time.monotonic() when the request arrived
+    request_id: str = ""
     model_group: str = ""           # the group that served (a fallback's when one did), else the one asked for
     deployment_id: str = ""
     retries: int = 0                # attempts beyond the first, in each group tried
@@ -131,6 +132,12 @@ class Trace:
     limit_headers: dict | None = None   # `x-ratelimit-*` of the caller's key
     cost: float | None = None           # of this answer, once known
     key_spend: float | None = None      # the key's spend in its budget period (after this answer, when known)
+    key_label: str | None = None        # the virtual key's alias, else its hash's first 12 hex digits
+    stream: bool = False
+    first_byte: float = 0.0             # time.monotonic() when a stream had its first content (0: none)
+    usage: Usage | None = None          # of the answer, once known
+    failures: list | None = None        # (deployment id, error type) of each failed upstream attempt
+    error_code: str | None = None       # the code of the error the client got (in-band for a stream)
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,6 +18,7 @@ descriptors of 1024 and above.
 """
 from __future__ import annotations
 
+import logging
 import resource
 import socket
 import uuid
@@ -27,6 +28,8 @@ import orjson
 from gevent.monkey import get_original
 from gevent.pywsgi import Input
 from gevent.socket import wait_read
+from gunicorn.arbiter import Arbiter
+from gunicorn.errors import AppImportError
 from gunicorn.workers.ggevent import GeventPyWSGIWorker, PyWSGIHandler, PyWSGIServer
 
 from .errors import RequestTimeout
@@ -34,6 +37,8 @@ from .settings import worker_timeouts
 
 COALESCE_LIMIT = 65536  # larger first writes go out on their own rather than be copied
 DRAIN_GRACE = 1.0   # seconds a kept-alive connection has, once a stop begins, to send its next request
+
+APP_LOAD_ERROR, WORKER_BOOT_ERROR = Arbiter.APP_LOAD_ERROR, Arbiter.WORKER_BOOT_ERROR
 
 _poll = get_original("select", "poll")
 _POLLIN = get_original("select", "POLLIN")
@@ -117,6 +122,25 @@ class _DeadlineInput(Input):
             self.timer.cancel()
 
 
+_http_log = logging.getLogger("gateway.http")
+
+
+class _HttpLog:
+    """pywsgi's error log (and the requests' `wsgi.errors`) as log records, not bare lines on stderr."""
+
+    def write(self, text: str) -> None:
+        text = text.rstrip("\n")
+        if text:
+            _http_log.warning("%s", text, extra={"event": "http_error"})
+
+    def writelines(self, lines) -> None:
+        for line in lines:
+            self.write(line)
+
+    def flush(self) -> None:
+        pass
+
+
 class _Stopping(Exception):
     """Thrown into a handler that is waiting for a next request when its worker stops."""
 
@@ -129,6 +153,7 @@ class _Server(PyWSGIServer):
     live: list["_Server"] = []
 
     def __init__(self, *args, **kwargs):
+        kwargs["error_log"] = _HttpLog()
         super().__init__(*args, **kwargs)
         self.stopping = False
         self.waiting: set = set()   # sockets whose handler waits for a request line
@@ -204,8 +229,11 @@ class _Handler(PyWSGIHandler):
         if isinstance(ex, _HeadTimeout):
             self.close_connection = True
             return "408", TIMEOUT.answer()
-        status, _ = super()._handle_client_error(ex)
-        return status, (BAD_REQUEST if status == "400" else INTERNAL_ERROR).answer()
+        # pywsgi's own would print a traceback to bare stderr for some of these (a client's bad input)
+        _http_log.info("unreadable request from %s: %s", self.client_address,
+                       getattr(ex, "formatted_message", None) or str(ex) or type(ex).__name__,
+                       extra={"event": "bad_request"})
+        return "400", BAD_REQUEST.answer()
 
     def _send_error_response_if_possible(self, error_code):
         """pywsgi's own 400/500 answers, in the OpenAI error shape (they are text/plain, or empty)."""
@@ -317,12 +345,36 @@ class GatewayWorker(GeventPyWSGIWorker):
         _Server.idle_timeout = self.cfg.keepalive or None
         _Handler.head_timeout, _Handler.body_timeout = worker_timeouts()
         _raise_open_files_limit(self.worker_connections)
+        _log_hub_errors()
         super().init_process()
+
+    def load_wsgi(self):
+        """An app that fails to load is logged as one line, and the worker exits with gunicorn's own code.
+
+        gunicorn would also print the bare exception text to stderr: the one
+        line of its output that would not be a log record.
+        """
+        try:
+            super().load_wsgi()
+        except Exception as exc:
+            self.log.exception("the gateway failed to load in worker %s", self.pid, extra={"event": "uncaught"})
+            raise SystemExit(APP_LOAD_ERROR if isinstance(exc, AppImportError) else WORKER_BOOT_ERROR) from None
 
     def handle_exit(self, sig, frame):
         super().handle_exit(sig, frame)
         for server in _Server.live:
             server.begin_stop()
+
+
+def _log_hub_errors() -> None:
+    """An exception that escapes a greenlet goes to the log as one redacted line, not as bare text on stderr."""
+    hub = gevent.get_hub()
+    log = logging.getLogger("gateway.worker")
+
+    def print_exception(context, kind, value, tb):
+        log.error("uncaught %s in %s", getattr(kind, "__name__", kind), context,
+                  exc_info=(kind, value, tb) if value is not None else None, extra={"event": "uncaught"})
+    hub.print_exception = print_exception
 
 
 def _raise_open_files_limit(connections: int) -> None:

@@ -2,12 +2,11 @@
 from __future__ import annotations
 
 import re
-import time
 import uuid
 
 from flask import Flask, Response, g, request
 
-from . import chat, completions, embeddings, errorhandlers, health, keys, models, spend
+from . import chat, completions, embeddings, errorhandlers, health, keys, metrics, models, spend, telemetry
 
 OPENAI_BLUEPRINTS = (chat.bp, completions.bp, embeddings.bp, models.bp)
 _CLIENT_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")
@@ -25,16 +24,18 @@ def register(app: Flask, cors_allow_origins: tuple[str, ...]) -> None:
     app.register_blueprint(health.bp)
     app.register_blueprint(keys.bp)      # admin routes: at the root only, as the peer serves them
     app.register_blueprint(spend.bp)
+    app.register_blueprint(metrics.bp)
     errorhandlers.register(app)
     cors = _Cors(cors_allow_origins)
-    app.before_request(_before)
-    app.after_request(lambda response: cors.decorate(_tag(response)))
+    kinds = telemetry.route_kinds(app)
+    app.before_request(lambda: _before(kinds))
+    app.after_request(lambda response: telemetry.answered(cors.decorate(_tag(response))))
+    app.teardown_request(telemetry.unwound)
 
 
-def _before():
-    g.started = time.monotonic()
+def _before(kinds: dict[str, str]):
     client_id = request.headers.get("x-request-id")
-    g.request_id = client_id if client_id and _CLIENT_REQUEST_ID.match(client_id) else uuid.uuid4().hex
+    telemetry.begin(client_id if client_id and _CLIENT_REQUEST_ID.match(client_id) else None, kinds)
     if request.method == "OPTIONS":
         preflight = Response(status=204)
         del preflight.headers["Content-Type"]

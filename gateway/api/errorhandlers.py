@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import logging
 
-from flask import Flask, request
+from flask import Flask, g, request
 from werkzeug.exceptions import HTTPException
 
 from ..errors import (GatewayError, InvalidRequest, MethodNotAllowed, RequestTooLarge, RouteNotFound)
@@ -13,6 +13,9 @@ log = logging.getLogger("gateway.api")
 
 
 def render(error: GatewayError):
+    trace = g.get("trace")
+    if trace is not None:
+        trace.error_code = error.code or error.type
     return json_response(error.body(), error.status, error.headers())
 
 
@@ -31,7 +34,8 @@ def _http_error(error: HTTPException):
 
 
 def _unexpected(error: Exception):
-    log.error("unhandled error on %s %s", request.method, request.path, exc_info=error)
+    log.error("unhandled error on %s %s", request.method, request.path, exc_info=error,
+              extra={"event": "internal_error"})
     return render(GatewayError("The gateway hit an internal error; it has been logged."))
 
 

@@ -16,7 +16,7 @@ import orjson
 from flask import Response, g, request
 from gevent import GreenletExit
 
-from ..errors import GatewayError, UpstreamFailed
+from ..errors import GatewayError, UpstreamFailed, UpstreamTimeout
 from ..types import ChunkStream, ModelRequest, Principal, Trace
 from .auth import service
 
@@ -33,10 +33,11 @@ def respond(principal: Principal, call: ModelRequest) -> Response:
     so an abandoned request spends no more upstream tokens.
     """
     watcher = _watch_client(request.environ)
-    trace = Trace(started=g.get("started") or time.monotonic())
+    trace = g.trace
+    gateway = service()
     streaming = False
     try:
-        answer = service().run(principal, call, trace)
+        answer = gateway.run(principal, call, trace)
         streaming = call.stream
     except GatewayError as error:
         error.extra_headers = {**(error.extra_headers or {}), **routing_headers(trace)}
@@ -46,9 +47,10 @@ def respond(principal: Principal, call: ModelRequest) -> Response:
             _stop(watcher)
     if not streaming:
         return json_response(answer.body, headers=routing_headers(trace))
+    trace.first_byte = time.monotonic()   # primed up to its first content: sent as soon as this returns
     # direct_passthrough: our bytes go to the server as they are, without
     # werkzeug's per-chunk encoding and closing wrappers.
-    return Response(_Body(answer, watcher), mimetype="text/event-stream",
+    return Response(_Body(answer, watcher, trace, gateway.stream_ends_by(trace)), mimetype="text/event-stream",
                     headers={**SSE_HEADERS, **routing_headers(trace)}, direct_passthrough=True)
 
 
@@ -84,35 +86,59 @@ class _Body:
     """The SSE body: closes the stream even when the server closes us before the first chunk.
 
     A generator that never started skips its `finally`; the server always
-    calls `close()`, so the upstream response and the books close here too.
+    calls `close()`, so the upstream response, the books and `on_close` (the
+    request's metrics and log line, set by telemetry.py) close here too.
     """
-    __slots__ = ("_events", "_stream", "_watcher")
+    __slots__ = ("_events", "_stream", "_watcher", "on_close")
 
-    def __init__(self, stream: ChunkStream, watcher):
-        self._events = _events(stream, watcher)
+    def __init__(self, stream: ChunkStream, watcher, trace: Trace, ends_by: float):
+        self._events = _events(stream, watcher, trace, ends_by)
         self._stream, self._watcher = stream, watcher
+        self.on_close = None
 
     def __iter__(self):
         return self._events
 
     def close(self) -> None:
-        self._events.close()
-        _stop(self._watcher)
-        self._stream.close()
+        try:
+            self._events.close()
+            _stop(self._watcher)
+            self._stream.close()
+        finally:
+            finish, self.on_close = self.on_close, None
+            if finish:
+                finish(200)
 
 
-def _events(stream: ChunkStream, watcher):
+def _events(stream: ChunkStream, watcher, trace: Trace, ends_by: float):
+    """The stream's events, then `[DONE]`; past `ends_by` (its longest allowed time) an in-band timeout."""
+    clock = time.monotonic
     try:
-        yield from stream
+        for event in stream:
+            if clock() > ends_by:
+                raise UpstreamTimeout("the stream ran past the longest time a stream may take "
+                                      "(litellm_settings.request_timeout)")
+            yield event
         yield DONE
     except GatewayError as error:
+        _failed(trace, error)
         yield _error_event(error)
     except Exception:  # a bug of ours mid-stream: still end the stream in-band
-        log.exception("stream failed")
-        yield _error_event(UpstreamFailed("the stream failed inside the gateway"))
+        log.exception("stream failed", extra={"event": "stream_failed", "request_id": trace.request_id})
+        error = UpstreamFailed("the stream failed inside the gateway")
+        trace.error_code = error.code
+        yield _error_event(error)
     finally:
         _stop(watcher)
         stream.close()
+
+
+def _failed(trace: Trace, error: GatewayError) -> None:
+    """An upstream failure after the first byte: the request's error, and a failed upstream attempt."""
+    trace.error_code = error.code if error.code in ("upstream_error", "upstream_timeout") else "upstream_error"
+    if trace.failures is None:
+        trace.failures = []
+    trace.failures.append((trace.deployment_id, error))
 
 
 def _error_event(error: GatewayError) -> bytes:

@@ -13,13 +13,17 @@ from ..errors import (RETRY_AFTER_MAX, GatewayError, NoHealthyDeployment, Upstre
 from ..types import Cooldown, Deployment, RouterState
 
 
+OnCooldown = Callable[[Deployment, Cooldown, GatewayError], None]
+
+
 class Cooldowns:
     def __init__(self, state: RouterState, allowed_fails: int, cooldown_time: float,
-                 wall: Callable[[], float] = time.time):
+                 wall: Callable[[], float] = time.time, on_cooldown: OnCooldown | None = None):
         self._state = state
         self._allowed_fails = allowed_fails
         self._cooldown_time = cooldown_time
         self._wall = wall
+        self._on_cooldown = on_cooldown   # told of each cooldown this process starts (metrics, log)
 
     def failed(self, deployment: Deployment, error: GatewayError, remaining: float) -> None:
         """A retryable failure: count it, or cool at once for credentials and long rate limits."""
@@ -30,12 +34,20 @@ class Cooldowns:
                                        and error.retry_after > remaining):
             self._state.cool(deployment.id, cooldown)
         else:
-            self._state.record_failure(deployment.id, self._allowed_fails, cooldown)
+            now = self._state.record_failure(deployment.id, self._allowed_fails, cooldown)
+            if now is None or now.until != cooldown.until:
+                return   # under the threshold, or cooling already (another worker started it)
+        if self._on_cooldown is not None:
+            self._on_cooldown(deployment, cooldown, error)
 
     def probe_failed(self, deployment: Deployment, error: GatewayError) -> None:
         """A health probe failed: the cheapest call did not work, so real ones will not either."""
         if self._cooldown_time > 0:
-            self._state.cool(deployment.id, self._cooldown_for(error))
+            cooldown = self._cooldown_for(error)
+            cooling = self._state.stats([deployment.id])[0].cooldown is not None
+            self._state.cool(deployment.id, cooldown)
+            if self._on_cooldown is not None and not cooling:   # a new cooldown, not a probe extending one
+                self._on_cooldown(deployment, cooldown, error)
 
     def _cooldown_for(self, error: GatewayError) -> Cooldown:
         retry_after = error.retry_after

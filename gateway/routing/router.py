@@ -21,7 +21,7 @@ from typing import Callable, TypeVar
 from ..errors import GatewayError, ModelNotFound, UpstreamRateLimited, UpstreamTimeout
 from ..types import Deployment, RouterSettings, RouterState, Trace
 from . import policy
-from .cooldown import Cooldowns
+from .cooldown import Cooldowns, OnCooldown
 from .selection import STRATEGIES, at_cap
 
 T = TypeVar("T")
@@ -30,7 +30,8 @@ T = TypeVar("T")
 class Router:
     def __init__(self, deployments: tuple[Deployment, ...], settings: RouterSettings, state: RouterState,
                  rng: random.Random | None = None, sleep: Callable[[float], None] = time.sleep,
-                 clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time):
+                 clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time,
+                 on_cooldown: OnCooldown | None = None):
         self._groups: dict[str, tuple[Deployment, ...]] = {}
         for deployment in deployments:
             self._groups[deployment.model_name] = self._groups.get(deployment.model_name, ()) + (deployment,)
@@ -44,7 +45,7 @@ class Router:
         self._num_retries = settings.num_retries
         self._pick = STRATEGIES[settings.routing_strategy]
         self._state = state
-        self._cooldowns = Cooldowns(state, settings.allowed_fails, settings.cooldown_time, wall)
+        self._cooldowns = Cooldowns(state, settings.allowed_fails, settings.cooldown_time, wall, on_cooldown)
         self._rng = rng or random.Random()
         self._sleep = sleep
         self._clock = clock
@@ -147,6 +148,9 @@ class Router:
                 elapsed = clock() - started
                 trace.upstream_seconds += elapsed
                 self._state.end(deployment.id)
+                if trace.failures is None:
+                    trace.failures = []
+                trace.failures.append((deployment.id, error))
                 if not policy.is_retryable(error):
                     raise
                 if isinstance(error, UpstreamTimeout):

@@ -99,7 +99,8 @@ class PostgresDatabase(SqlDatabase):
             if isinstance(exc, PoolTimeout):
                 exc = self._why_no_connection(exc)
             self._down_since, self._down_reason = time.monotonic(), self._scrub(exc)
-            self._log.warning("PostgreSQL at %s is unreachable (%s): %s", self.where, what, self._down_reason)
+            self._log.warning("PostgreSQL at %s is unreachable (%s): %s", self.where, what, self._down_reason,
+                              extra={"event": "database_down"})
         error = StaleConnection if stale else StorageUnavailable
         return error(f"The database (PostgreSQL at {self.where}) is unavailable: {self._down_reason}")
 
@@ -119,7 +120,7 @@ class PostgresDatabase(SqlDatabase):
     def _recovered(self) -> None:
         if self._down_since is not None:
             self._log.info("PostgreSQL at %s is reachable again after %.1f s", self.where,
-                           time.monotonic() - self._down_since)
+                           time.monotonic() - self._down_since, extra={"event": "database_back"})
             self._down_since = None
 
     def close(self) -> None:

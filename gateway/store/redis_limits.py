@@ -337,7 +337,7 @@ class RedisLimits:
                 for reply in replies:
                     if isinstance(reply, Exception):
                         self._log.warning("a key-limit settle failed in Redis (%s): its hold expires with its "
-                                          "lease", type(reply).__name__)
+                                          "lease", type(reply).__name__, extra={"event": "redis_settle_failed"})
                 return
         for asks, lease, tokens, cost, now in batch:
             self._settle_locally(asks, lease, tokens, cost, now)
@@ -388,13 +388,13 @@ class RedisLimits:
         self._down_since = datetime.fromtimestamp(self._clock(), timezone.utc)
         self._down_reason = _reason(exc, self._url)
         self._log.warning("Redis at %s is unreachable (%s): key limits are enforced per instance until it is "
-                          "back", self._shown_url, self._down_reason)
+                          "back", self._shown_url, self._down_reason, extra={"event": "redis_down"})
 
     def _reachable(self) -> None:
         if self._down_since is not None:
             self._down_since = None
             self._log.info("Redis at %s is reachable again: key limits are exact across instances",
-                           self._shown_url)
+                           self._shown_url, extra={"event": "redis_back"})
 
 
 def _limit(value: float | None) -> str:

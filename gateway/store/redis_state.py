@@ -226,7 +226,7 @@ class RedisState:
         self._others, self._remote, self._remote_at, self._cooldowns = others, remote, time.monotonic(), cooldowns
         if self._down_since is not None:
             self._log.info("Redis at %s is reachable again: router state is shared with other instances",
-                           self._shown_url)
+                           self._shown_url, extra={"event": "redis_back"})
             self._down_since = None
         return True
 
@@ -294,7 +294,7 @@ class RedisState:
         self._down_since = datetime.now(timezone.utc)
         self._down_reason = self._reason(exc)
         self._log.warning("Redis at %s is unreachable (%s): serving on this instance's router state until it "
-                          "is back", self._shown_url, self._down_reason)
+                          "is back", self._shown_url, self._down_reason, extra={"event": "redis_down"})
 
     def _reason(self, exc: Exception) -> str:
         text = (str(exc).splitlines() or [""])[0].strip().rstrip(".")

@@ -325,7 +325,8 @@ class SharedMemoryState:
             for slot in range(SLOTS):
                 held = words[_SLOT_BASE + slot]
                 if held and held != pid and not _alive(held):
-                    log.info("worker %d left without releasing its router state; clearing it", held)
+                    log.info("worker %d left without releasing its router state; clearing it", held,
+                             extra={"event": "worker_state_released"})
                     self._release(slot)
                     held = 0
                 if free is None and held == 0:

@@ -55,7 +55,8 @@ class SqliteDatabase(SqlDatabase):
             raise StorageUnavailable(f"Cannot open the SQLite database {self.path}: {exc}") from None
         if mode.lower() != "wal":
             log.warning("SQLite database %s stays in %s journal mode (WAL unsupported here): "
-                        "workers will wait for each other's reads", self.path, mode)
+                        "workers will wait for each other's reads", self.path, mode,
+                        extra={"event": "sqlite_journal_mode"})
 
     def _wal(self) -> str:
         """Switch to WAL; several workers opening a new file at once may find it locked for a moment.
@@ -128,7 +129,8 @@ class SqliteDatabase(SqlDatabase):
             with self._lock:
                 self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
         except sqlite3.Error as exc:
-            self._log.info("SQLite checkpoint of %s skipped: %s", self.path, exc)
+            self._log.info("SQLite checkpoint of %s skipped: %s", self.path, exc,
+                           extra={"event": "sqlite_checkpoint_skipped"})
 
     def close(self) -> None:
         with self._lock:

@@ -7,6 +7,7 @@ import pytest
 
 from .fake_upstream import FakeUpstream
 from .gateway_process import GatewayProcess, free_port
+from .log_audit import audit, secrets_of
 
 MASTER_KEY = "sk-test-master-key-0123456789"
 UPSTREAM_KEY = "upstream-secret-key-123"
@@ -110,6 +111,26 @@ general_settings:
 """
 
 
+@pytest.fixture(scope="session", autouse=True)
+def every_log_is_clean():
+    """After the session: every log of every gateway it started holds no secret, and every line is JSON.
+
+    Runs over whatever the session ran (the whole functional suite in CI), so
+    every code path the tests drive, failures and stack traces included, is audited.
+    """
+    yield
+    logs, secrets = {}, {UPSTREAM_KEY, MASTER_KEY}
+    for process in GatewayProcess.started:
+        logs[str(process.log_path)] = process.logs()
+        try:
+            config_text = process.config_path.read_text()
+        except OSError:
+            config_text = ""
+        secrets |= secrets_of(config_text, process.extra_env)
+    findings = audit(logs, secrets)
+    assert not findings, "\n".join(f"{f.log}:{f.line}: {f.what}" for f in findings[:50])
+
+
 @pytest.fixture(scope="session")
 def upstream():
     server = FakeUpstream(api_key=UPSTREAM_KEY).start()
@@ -147,3 +168,11 @@ def start_gateway(tmp_path):
 @pytest.fixture
 def auth_headers():
     return {"Authorization": f"Bearer {MASTER_KEY}"}
+
+
+def pytest_collection_finish(session):
+    """The long reload scenario runs from the start of the session, alongside the other tests."""
+    if any(item.name == "test_a_three_minute_stream_and_a_request_flow_survive_reloads_and_a_broken_config"
+           for item in session.items):
+        from .long_reload import SCENARIO
+        SCENARIO.start()

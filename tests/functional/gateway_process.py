@@ -21,6 +21,8 @@ def free_port() -> int:
 
 
 class GatewayProcess:
+    started: list["GatewayProcess"] = []    # every gateway of this test session, for the log audit
+
     def __init__(self, config_path: Path, *, workers: int = 2, env: dict | None = None):
         self.config_path = Path(config_path)
         self.workers = workers
@@ -31,9 +33,11 @@ class GatewayProcess:
         self.proc: subprocess.Popen | None = None
 
     def start(self, timeout: float = 20.0) -> "GatewayProcess":
-        env = {k: v for k, v in os.environ.items() if not k.startswith("SHIN_GATEWAY_")}
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith("SHIN_GATEWAY_") and k != "PROMETHEUS_MULTIPROC_DIR"}
         env.update({"SHIN_GATEWAY_CONFIG": str(self.config_path), "PYTHONUNBUFFERED": "1"}, **self.extra_env)
         self._log = open(self.log_path, "wb")
+        GatewayProcess.started.append(self)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "gunicorn", "-c", "config/gunicorn.conf.py", "--bind",
              f"127.0.0.1:{self.port}", "--workers", str(self.workers), "wsgi:app"],

@@ -2,6 +2,7 @@
 in the body, each probe within its budget, the cheapest call per mode, and background checks that cool."""
 from __future__ import annotations
 
+import json
 import time
 
 import requests
@@ -187,3 +188,9 @@ def test_background_checks_publish_their_last_result_and_cool_failing_deployment
     live = requests.post(f"{gateway.url}/v1/chat/completions", headers=MASTER, timeout=10,
                          json={"model": "live", "messages": [{"role": "user", "content": "hi"}]})
     assert live.status_code == 200, live.text
+    # the log said once that each failing deployment went unhealthy, and that probes cooled them
+    records = [json.loads(line) for line in gateway.logs().splitlines()]
+    changes = [(r["deployment"], r["healthy"]) for r in records if r["event"] == "health_change"]
+    assert sorted(changes) == [("bg-dead", False), ("bg-failing", False)], changes
+    cooled = sorted(r["deployment"] for r in records if r["event"] == "cooldown")
+    assert cooled == ["bg-dead", "bg-failing"], cooled     # once each, not once per probe

@@ -63,3 +63,8 @@ def test_longest_secret_is_replaced_first():
 
 def test_empty_text():
     assert Redactor([UPSTREAM_KEY])("") == ""
+
+
+def test_a_url_password_without_a_user_is_redacted(redact):
+    out = redact("Redis at redis://:hunter22@cache:6379/0 is unreachable")
+    assert "hunter22" not in out and "cache:6379" in out
