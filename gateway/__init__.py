@@ -57,7 +57,7 @@ def create_app(config_path: str | os.PathLike | None = None, settings=None):
                       spend_reports=SpendReports(database), metrics=_metrics(settings, state),
                       request_log=RequestLog())
 
-    app = Flask(__name__)
+    app = Flask(__name__, static_folder=None)   # no /static route: the gateway serves no files
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_body_bytes
     app.json.sort_keys = False
     app.url_map.strict_slashes = False

@@ -6,7 +6,7 @@ import uuid
 
 from flask import Flask, Response, g, request
 
-from . import chat, completions, embeddings, errorhandlers, health, keys, metrics, models, spend, telemetry
+from . import chat, completions, embeddings, errorhandlers, health, keys, metrics, models, openapi, spend, telemetry
 
 OPENAI_BLUEPRINTS = (chat.bp, completions.bp, embeddings.bp, models.bp)
 _CLIENT_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")
@@ -24,6 +24,7 @@ def register(app: Flask, cors_allow_origins: tuple[str, ...]) -> None:
     app.register_blueprint(health.bp)
     app.register_blueprint(keys.bp)      # admin routes: at the root only, as the peer serves them
     app.register_blueprint(spend.bp)
+    app.register_blueprint(openapi.bp)
     app.register_blueprint(metrics.bp)
     errorhandlers.register(app)
     cors = _Cors(cors_allow_origins)

@@ -27,4 +27,5 @@ def liveliness():
 @bp.get("/health/readiness")
 def readiness():
     ready, body = service().readiness()
-    return json_response(body, 200 if ready else 503)
+    # every 503 carries Retry-After: a balancer that honours it asks again in a second
+    return json_response(body, 200, None) if ready else json_response(body, 503, {"Retry-After": "1"})
