@@ -20,7 +20,9 @@ from .redact import Redactor
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR,
           "critical": logging.CRITICAL}
 # What every LogRecord has; anything else on a record came from `extra=` and is a field of its line.
-_RECORD_ATTRIBUTES = frozenset(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
+_RECORD_ATTRIBUTES = frozenset(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime",
+                                                                                          "event"}
+_PLAIN = frozenset({int, float, bool, type(None)})   # values a line shows as they are
 _DEFAULT_EVENTS = {"gunicorn.error": "server", "gunicorn.access": "server", "py.warnings": "warning"}
 
 
@@ -40,10 +42,11 @@ class LineFormatter(logging.Formatter):
         line = {"ts": _timestamp(record.created), "level": record.levelname.lower(), "logger": record.name,
                 "event": record.__dict__.get("event") or _DEFAULT_EVENTS.get(record.name, "log"),
                 "message": redact(record.getMessage()), "pid": record.process}
-        for key, value in record.__dict__.items():
-            if key not in _RECORD_ATTRIBUTES and key != "event":
-                line[key] = value if value is None or isinstance(value, (bool, int, float)) else (
-                    redact(value) if isinstance(value, str) else _redacted(value, redact))
+        fields = record.__dict__
+        for key in [k for k in fields if k not in _RECORD_ATTRIBUTES]:   # what `extra=` added, in its order
+            value = fields[key]
+            kind = type(value)
+            line[key] = value if kind in _PLAIN else redact(value) if kind is str else _redacted(value, redact)
         if record.exc_info:
             line["exception"] = redact(self.formatException(record.exc_info))
         elif record.exc_text:
@@ -57,8 +60,7 @@ class LineFormatter(logging.Formatter):
 def _redacted(value, redact):
     """A list or mapping field, its texts redacted (what a JSON dump of it would show)."""
     if isinstance(value, (list, tuple)):
-        return [v if v is None or isinstance(v, (bool, int, float)) else
-                redact(v) if isinstance(v, str) else _redacted(v, redact) for v in value]
+        return [v if type(v) in _PLAIN else redact(v) if type(v) is str else _redacted(v, redact) for v in value]
     if isinstance(value, dict):
         return {redact(str(k)): _redacted([v], redact)[0] for k, v in value.items()}
     return redact(str(value))

@@ -17,6 +17,7 @@ import math
 import multiprocessing
 import os
 import shutil
+import signal
 import tempfile
 from pathlib import Path
 
@@ -154,6 +155,7 @@ def _child_exited(server, worker) -> None:
 
 
 def _ready(server) -> None:
+    _reload_without_waiting(server)
     settings = load_config(config_path_from_env(), text=validated_text())
     log.info("serving %d deployments in %d model groups on %s with %d workers", len(settings.deployments),
              len(settings.model_names), ", ".join(_bound_addresses(server)), server.num_workers,
@@ -162,13 +164,51 @@ def _ready(server) -> None:
                     "log_level": settings.log_level, "metrics": settings.metrics})
 
 
+def _reload_without_waiting(arbiter) -> None:
+    """Let a reload return as soon as the new workers are started, as gunicorn did before 25.
+
+    gunicorn 25+ ends a reload by waiting, up to graceful_timeout, for the old
+    workers to exit, and handles no signal meanwhile. With streams that may
+    run for minutes, a second SIGHUP, a SIGTERM (`systemctl stop`) or the
+    replacement of a crashed worker would wait as long. The old workers drain
+    on their own, on the graceful time they were started with; here the wait's
+    deadline is zero for the length of the reload, and the graceful time of a
+    stop is what the config says.
+    """
+    reload, manage_workers = arbiter.reload, arbiter.manage_workers
+    state = {"reloading": False, "graceful": None}
+
+    def manage_then_skip_the_wait():
+        manage_workers()
+        if state["reloading"] and state["graceful"] is None:   # the last step of a reload, before its wait
+            state["graceful"] = arbiter.cfg.graceful_timeout
+            arbiter.cfg.set("graceful_timeout", 0)
+
+    def reload_without_waiting():
+        state.update(reloading=True, graceful=None)
+        try:
+            reload()
+        finally:
+            state["reloading"] = False
+            if state["graceful"] is not None:
+                arbiter.cfg.set("graceful_timeout", state["graceful"])
+
+    arbiter.manage_workers = manage_then_skip_the_wait
+    arbiter.reload = reload_without_waiting
+
+
 def _ready_keyless(server) -> None:
     _refuse_open_keyless(server)
     _ready(server)
 
 
 def _close_service(server, worker) -> None:
-    """In a worker on its way out: give back its router-state slot and close its pools."""
+    """In a worker on its way out: give back its router-state slot, write its spend rows, close its pools.
+
+    The master sends a draining worker SIGTERM again every second; past the
+    drain, one would end the process by default in the middle of this.
+    """
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     app = getattr(worker, "wsgi", None)
     service = getattr(app, "extensions", {}).get("gateway") if app is not None else None
     if service is not None:

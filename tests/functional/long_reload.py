@@ -1,13 +1,18 @@
 """A three-minute stream through three SIGHUP reloads (one of them a broken config), with a flow of plain
 requests the whole time: the scenario of test_reload_and_stop.py.
 
-It runs in a thread from the start of the test session (conftest starts it when
-the test is selected), so its three minutes overlap the rest of the suite
-instead of adding to it; the test then waits for it and checks what it saw.
+It runs in a process of its own from the start of the test session (conftest
+starts it when the test is selected), so its three minutes overlap the rest of
+the suite instead of adding to it, and nothing another test does in the pytest
+process (a `responses` mock of every requests call, say) can reach it; the test
+then waits for it and checks what it saw, which the process writes as JSON.
 """
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -17,7 +22,7 @@ import requests
 
 from .conftest import MASTER_KEY, UPSTREAM_KEY
 from .fake_upstream import FakeUpstream
-from .gateway_process import GatewayProcess
+from .gateway_process import ROOT, GatewayProcess
 
 CHUNKS, GAP_MS = 1800, 100          # 180 s of stream
 AUTH = {"Authorization": f"Bearer {MASTER_KEY}"}
@@ -48,40 +53,42 @@ general_settings:
 
 
 class LongReload:
-    """Runs the scenario once, in a thread; `result()` waits for it and says what happened."""
+    """The scenario in a child process; `result()` waits for it and says what happened."""
 
     def __init__(self):
-        self._thread: threading.Thread | None = None
-        self.outcome: dict = {}
-        self.error: BaseException | None = None
+        self._process: subprocess.Popen | None = None
+        self._outcome_path = Path(tempfile.mkdtemp(prefix="long-reload-")) / "outcome.json"
 
     def start(self) -> None:
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="long-reload", daemon=True)
-            self._thread.start()
+        if self._process is None:
+            self._process = subprocess.Popen([sys.executable, "-m", "tests.functional.long_reload",
+                                              str(self._outcome_path)], cwd=ROOT)
 
     def result(self, timeout: float) -> dict:
         self.start()
-        self._thread.join(timeout)
-        if self._thread.is_alive():
-            raise TimeoutError(f"the scenario did not end in {timeout} s: {self.outcome}")
-        if self.error is not None:
-            raise self.error
-        return self.outcome
-
-    def _run(self) -> None:
         try:
-            self._scenario()
-        except BaseException as exc:   # handed to the test, which raises it
-            self.error = exc
+            self._process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            raise TimeoutError(f"the scenario did not end in {timeout} s") from None
+        outcome = json.loads(self._outcome_path.read_text())
+        if outcome.get("error"):
+            raise AssertionError(f"the scenario failed: {outcome['error']}")
+        return outcome
+
+
+class _Scenario:
+    def __init__(self):
+        self.outcome: dict = {}
+        self.gateway: GatewayProcess | None = None
 
     def _scenario(self) -> None:
         out = self.outcome
         upstream = FakeUpstream(api_key=UPSTREAM_KEY).start()
         path = Path(tempfile.mkdtemp(prefix="long-reload-")) / "config.yaml"
         path.write_text(config(upstream.base_url))
-        gateway = GatewayProcess(path, workers=2, env={"TEST_UPSTREAM_KEY": UPSTREAM_KEY}).start(timeout=60)
-        out["gateway"] = gateway
+        gateway = self.gateway = GatewayProcess(path, workers=2, env={"TEST_UPSTREAM_KEY": UPSTREAM_KEY})
+        gateway.start(timeout=60)
         flow = _Flow(gateway.url)
         stream = threading.Thread(target=self._stream, args=(gateway.url,), daemon=True)
         try:
@@ -123,7 +130,7 @@ class LongReload:
                         tail = line
         except requests.RequestException as exc:
             out["stream_exception"] = repr(exc)
-        out["stream_chunks"], out["stream_last_line"] = chunks, tail
+        out["stream_chunks"], out["stream_last_line"] = chunks, tail.decode(errors="replace")
         out["stream_seconds"] = time.monotonic() - started
 
 
@@ -188,8 +195,35 @@ def _refused_reload(gateway: GatewayProcess, text: str) -> dict:
         time.sleep(0.1)
     time.sleep(3)     # gunicorn replaces the workers on every HUP: they must serve the last good config
     after = [_models(gateway.url) for _ in range(10)]
-    return {"before": before, "after": after, "master_alive": gateway.proc.poll() is None,
+    return {"before": sorted(before), "after": [sorted(models) for models in after],
+            "master_alive": gateway.proc.poll() is None,
             "logged": '"event":"reload_refused"' in gateway.logs()}
 
 
 SCENARIO = LongReload()
+
+
+def _main(outcome_path: str) -> None:
+    """Run the scenario once, write what it saw; end early (stopping its gateway) if pytest goes away."""
+    parent = os.getppid()
+    scenario = _Scenario()
+    done = threading.Event()
+
+    def orphaned() -> None:
+        while not done.wait(1.0):
+            if os.getppid() != parent:
+                if scenario.gateway is not None:
+                    scenario.gateway.stop()
+                os._exit(3)
+    threading.Thread(target=orphaned, daemon=True).start()
+    try:
+        scenario._scenario()
+    except Exception as exc:   # noqa: BLE001 - handed to the test, which fails with it
+        scenario.outcome["error"] = repr(exc)
+    finally:
+        done.set()
+        Path(outcome_path).write_text(json.dumps(scenario.outcome, default=repr))
+
+
+if __name__ == "__main__":
+    _main(sys.argv[1])

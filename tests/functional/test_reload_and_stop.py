@@ -16,6 +16,7 @@ import time
 import requests
 
 from .conftest import MASTER_KEY, UPSTREAM_KEY
+from .log_audit import audit
 from .long_reload import CHUNKS, SCENARIO
 
 AUTH = {"Authorization": f"Bearer {MASTER_KEY}"}
@@ -29,9 +30,10 @@ def test_a_three_minute_stream_and_a_request_flow_survive_reloads_and_a_broken_c
     assert "stream_error" not in outcome, outcome["stream_error"]
     assert outcome["stream_status"] == 200
     assert outcome["stream_chunks"] == CHUNKS
-    assert outcome["stream_last_line"] == b"data: [DONE]"
+    assert outcome["stream_last_line"] == "data: [DONE]"
     assert outcome["stream_seconds"] >= 175
     assert outcome["stream_alive_after_join"] is False
+    assert "error" not in outcome
     # the flow: no request failed, before, during or after any reload
     assert outcome["flow_failures"] == [], outcome["flow_failures"][:5]
     assert outcome["flow_answered"] > 200
@@ -51,6 +53,7 @@ def test_a_three_minute_stream_and_a_request_flow_survive_reloads_and_a_broken_c
     assert "general_settings.no_such_setting" in refusal["message"] and refusal["level"] == "error"
     (startup,) = [r for r in records if r["event"] == "startup"]
     assert startup["graceful_timeout"] == 315      # request_timeout 300 s + 15 s
+    assert audit({"the reload scenario's gateway": logs}, {MASTER_KEY, UPSTREAM_KEY}) == []
 
 
 def test_sigterm_drains_a_stream_and_writes_every_spend_row(start_gateway, upstream, tmp_path):
