@@ -102,3 +102,49 @@ general_settings:
     assert sorted(rows) == sorted([("mock", 200)] * 25 + [("slowish", 200)])
     shutdowns = [json.loads(line) for line in gateway.logs().splitlines() if '"event":"shutdown"' in line]
     assert len(shutdowns) == 2 and all(s["spend_rows_flushed"] is True for s in shutdowns)
+
+
+def test_a_stop_right_after_a_reload_is_heard_at_once_and_still_drains_the_stream(start_gateway, upstream):
+    """gunicorn 25+ would handle no signal until the reload's old workers had drained (server.py)."""
+    gateway = start_gateway(f"""
+model_list:
+  - model_name: streamer
+    litellm_params:
+      model: openai/slow-80-100
+      api_base: {upstream.base_url}
+      api_key: os.environ/TEST_UPSTREAM_KEY
+general_settings:
+  master_key: {MASTER_KEY}
+""", env={"TEST_UPSTREAM_KEY": UPSTREAM_KEY})
+    seen: dict = {}
+    first_chunk = threading.Event()
+
+    def stream():
+        with requests.post(f"{gateway.url}/v1/chat/completions", headers=AUTH, stream=True, timeout=(5, 30),
+                           json={"model": "streamer", "stream": True,
+                                 "messages": [{"role": "user", "content": "go on"}]}) as response:
+            lines = []
+            for line in response.iter_lines():
+                if line:
+                    lines.append(line)
+                    first_chunk.set()
+            seen["lines"] = lines
+
+    thread = threading.Thread(target=stream, daemon=True)
+    thread.start()
+    assert first_chunk.wait(10)
+    gateway.reload()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and gateway.logs().count('"event":"shutdown"') < 1:
+        time.sleep(0.1)     # the idle old worker is gone: the reload is done, the streaming one drains
+    stopped = time.monotonic()
+    gateway.proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline and '"message":"Handling signal: term"' not in gateway.logs():
+        time.sleep(0.05)
+    assert '"message":"Handling signal: term"' in gateway.logs(), "the master did not hear the stop"
+    assert time.monotonic() - stopped < 3
+    assert gateway.proc.wait(timeout=30) == 0
+    thread.join(10)
+    assert seen["lines"][-1] == b"data: [DONE]"
+    assert sum(1 for line in seen["lines"] if b'"content"' in line) >= 80
