@@ -21,7 +21,7 @@ def create_app(config_path: str | os.PathLike | None = None, settings=None):
     from .health import HealthChecker
     from .keys import KeyChecker
     from .limits import Limiter
-    from .logging import RequestLog
+    from .logging import RequestLog, installed_handler
     from .logging import install as install_logging
     from .providers import build_adapters, load_config
     from .redact import Redactor
@@ -55,7 +55,7 @@ def create_app(config_path: str | os.PathLike | None = None, settings=None):
                                       max((d.timeout for d in settings.deployments), default=600.0)),
                       spend=spend, database=database, admin=KeyAdmin(database, keys.forget),
                       spend_reports=SpendReports(database), metrics=_metrics(settings, state),
-                      request_log=RequestLog())
+                      request_log=RequestLog(handler=installed_handler()))
 
     app = Flask(__name__, static_folder=None)   # no /static route: the gateway serves no files
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_body_bytes

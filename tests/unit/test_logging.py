@@ -145,3 +145,19 @@ def test_a_line_is_one_line_for_every_reader_even_with_unicode_line_separators()
                                                    path="/models/a\u2028b"))
     assert len(line.splitlines()) == 1
     assert json.loads(line)["message"] == "GET /models/a\u2028b\x85c\u2029d 404"
+
+
+def test_written_through_the_installed_handler_a_request_line_is_the_same_line():
+    trace = Trace(started=100.0, request_id="req-2", model_group="g", deployment_id="d1", key_label=None,
+                  usage=Usage(1, 2, 3), cost=0.0, error_code="upstream_error")
+    via_logging = request_line(trace, 502)
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(LineFormatter(Redactor()))
+    RequestLog(logging.getLogger("gateway.request.test"), handler).write(
+        trace, "POST", "/v1/chat/completions", 502, trace.started + 0.25)
+    direct = json.loads(stream.getvalue())
+    assert stream.getvalue().count("\n") == 1
+    for line in (via_logging, direct):
+        line.pop("ts")
+    assert direct == via_logging and direct["level"] == "warning" and direct["event"] == "request"
