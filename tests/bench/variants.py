@@ -19,7 +19,8 @@ deployment, called with a virtual key that has an rpm limit (generated through
 PostgreSQL database made for the run, with ``-redis`` with its counters in
 Redis. ``quiet`` is ``single`` with the metrics and the request log off
 (``disable_metrics: true``, ``log_level: warning``): against ``single`` it
-shows what counting and logging every request costs.
+shows what counting and logging every request costs; ``no-metrics`` and
+``no-logs`` turn off one of the two.
 """
 from __future__ import annotations
 
@@ -58,7 +59,8 @@ class Variant:
     redis: bool
     key: bool = False  # the load is sent with a virtual key (rpm_limit KEY_RPM_LIMIT), not the master key
     postgres: bool = False  # general_settings.database_url: the run's PostgreSQL database
-    quiet: bool = False  # metrics and request log off
+    metrics: bool = True  # general_settings.disable_metrics is not set
+    request_log: bool = True  # log_level info: one line per request
 
     def config(self, host: str, upstream_port: int, redis_url: str, database_url: str | None = None) -> str:
         """The gateway config of this variant (keys every revision since the router accepts)."""
@@ -69,8 +71,10 @@ class Variant:
         text += "general_settings:\n  master_key: bench-master-key\n"
         if self.redis:
             text += f"  redis_url: {redis_url}\n"
-        if self.quiet:
-            text += "  disable_metrics: true\n  log_level: warning\n"
+        if not self.metrics:
+            text += "  disable_metrics: true\n"
+        if not self.request_log:
+            text += "  log_level: warning\n"
         if self.postgres:
             if not database_url:
                 raise VariantError(f"variant {self.name} needs a PostgreSQL database_url")
@@ -82,8 +86,8 @@ def parse_variant(name: str) -> Variant:
     """``single``, ``<strategy>-<N>[-redis]`` or ``vkey[-pg][-redis]``."""
     if name == "single":
         return Variant(name, "simple-shuffle", 1, False)
-    if name == "quiet":
-        return Variant(name, "simple-shuffle", 1, False, quiet=True)
+    if name in ("quiet", "no-metrics", "no-logs"):
+        return Variant(name, "simple-shuffle", 1, False, metrics=name == "no-logs", request_log=name == "no-metrics")
     if name.split("-")[0] == "vkey":
         flags = name.split("-")[1:]
         if flags not in ([], ["pg"], ["redis"], ["pg", "redis"]):
@@ -93,7 +97,7 @@ def parse_variant(name: str) -> Variant:
     rest, redis = (name[:-len("-redis")], True) if name.endswith("-redis") else (name, False)
     strategy, _, count = rest.rpartition("-")
     if strategy not in STRATEGIES or not count.isdigit() or not 1 <= int(count) <= MAX_DEPLOYMENTS:
-        raise VariantError(f"unknown variant {name!r}: use 'single', 'quiet', 'vkey[-pg][-redis]' or"
+        raise VariantError(f"unknown variant {name!r}: use 'single', 'quiet', 'no-metrics', 'no-logs', 'vkey[-pg][-redis]' or"
                            f" '<strategy>-<N>[-redis]' with a strategy of {', '.join(STRATEGIES)} and"
                            f" 1 <= N <= {MAX_DEPLOYMENTS}, e.g. least-busy-3-redis")
     return Variant(name, strategy, int(count), redis)
