@@ -279,6 +279,25 @@ def record_httpx(sink: list) -> callable:
     return undo
 
 
+# A sitecustomize.py for Python processes under test: records every httpx exchange (what the openai
+# SDK sends and gets) and writes them to the file named by $WIRE_LOG at exit, for check_exchange.
+# $RECORDER_SCHEMAS names this module, loaded by path (the process under test has no `tests` package).
+PYTHON_HTTPX_RECORDER = """
+import atexit, importlib.util, json, os
+_spec = importlib.util.spec_from_file_location("_recorder_openapi", os.environ["RECORDER_SCHEMAS"])
+_schemas = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_schemas)
+_sink = []
+_schemas.record_httpx(_sink)
+
+@atexit.register
+def _dump():
+    with open(os.environ["WIRE_LOG"], "w") as handle:
+        for exchange in _sink:
+            handle.write(json.dumps(exchange.as_dict()) + "\\n")
+"""
+
+
 # A node preload module: wraps `fetch` (which the `openai` npm package uses) and appends each
 # exchange, as read off the wire, to the file named by $WIRE_LOG, for check_exchange.
 NODE_FETCH_RECORDER = """

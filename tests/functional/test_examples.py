@@ -35,7 +35,7 @@ import requests
 from .conftest import MASTER_KEY, UPSTREAM_KEY
 from .examples_browser import DRIVER_JS, PLAYWRIGHT_CORE, PageServer, config_js
 from .gateway_process import GatewayProcess, free_port
-from .openapi_schemas import NODE_FETCH_RECORDER, check_exchange
+from .openapi_schemas import NODE_FETCH_RECORDER, PYTHON_HTTPX_RECORDER, check_exchange
 
 HERE = Path(__file__).resolve().parent
 EXAMPLES = HERE.parents[1] / "examples"
@@ -128,20 +128,6 @@ GATEWAY_MODELS = {   # client-facing name → fake upstream model (which picks i
     "slow-stream": "slow-8-100",
 }
 
-SITECUSTOMIZE = """
-import atexit, importlib.util, json, os
-_spec = importlib.util.spec_from_file_location("_examples_openapi", os.environ["EXAMPLES_TEST_SCHEMAS"])
-_schemas = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_schemas)
-_sink = []
-_schemas.record_httpx(_sink)
-
-@atexit.register
-def _dump():
-    with open(os.environ["WIRE_LOG"], "w") as handle:
-        for exchange in _sink:
-            handle.write(json.dumps(exchange.as_dict()) + "\\n")
-"""
 
 
 def example_files() -> set[str]:
@@ -293,12 +279,12 @@ general_settings:
 def python_runs(examples_gateway, npm_projects, tmp_path_factory):
     """All Python examples, started at once (npm_projects first, so npm installs meanwhile)."""
     recorder = tmp_path_factory.mktemp("examples-recorder")
-    (recorder / "sitecustomize.py").write_text(SITECUSTOMIZE)
+    (recorder / "sitecustomize.py").write_text(PYTHON_HTTPX_RECORDER)
     runs = {}
     for example in PYTHON:
         workdir = tmp_path_factory.mktemp(f"example-{example.id}")
         env = example_env(examples_gateway.url, PYTHONPATH=str(recorder), PYTHONUNBUFFERED="1",
-                          EXAMPLES_TEST_SCHEMAS=str(HERE / "openapi_schemas.py"),
+                          RECORDER_SCHEMAS=str(HERE / "openapi_schemas.py"),
                           WIRE_LOG=str(workdir / "wire.jsonl"), **example.env)
         runs[example.id] = Run(example, [sys.executable, str(EXAMPLES / example.file)], workdir, env,
                                workdir / "wire.jsonl")

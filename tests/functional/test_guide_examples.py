@@ -25,7 +25,7 @@ import pytest
 
 from .conftest import MASTER_KEY
 from .guide_doc import GUIDE, blocks, for_gateway
-from .openapi_schemas import check_exchange
+from .openapi_schemas import PYTHON_HTTPX_RECORDER, check_exchange
 
 HERE = Path(__file__).resolve().parent
 RUN_TIMEOUT = 60.0
@@ -84,20 +84,6 @@ EXPECTED = {
     "best-practices/5-logging": (["echo: Hello logging"], 1),
 }
 
-SITECUSTOMIZE = """
-import atexit, importlib.util, json, os
-_spec = importlib.util.spec_from_file_location("_guide_openapi", os.environ["GUIDE_TEST_SCHEMAS"])
-_schemas = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_schemas)
-_sink = []
-_schemas.record_httpx(_sink)
-
-@atexit.register
-def _dump():
-    with open(os.environ["GUIDE_TEST_WIRE_LOG"], "w") as handle:
-        for exchange in _sink:
-            handle.write(json.dumps(exchange.as_dict()) + "\\n")
-"""
 
 PYTHON_BLOCKS = blocks("python")
 
@@ -120,8 +106,8 @@ class Run:
         self.wire_log = workdir / "wire.jsonl"
         env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "LITELLM_"))}
         env.update({"LITELLM_MASTER_KEY": MASTER_KEY, "LITELLM_BASE_URL": gateway_url,
-                    "PYTHONPATH": str(recorder_dir), "GUIDE_TEST_SCHEMAS": str(HERE / "openapi_schemas.py"),
-                    "GUIDE_TEST_WIRE_LOG": str(self.wire_log), "PYTHONUNBUFFERED": "1"})
+                    "PYTHONPATH": str(recorder_dir), "RECORDER_SCHEMAS": str(HERE / "openapi_schemas.py"),
+                    "WIRE_LOG": str(self.wire_log), "PYTHONUNBUFFERED": "1"})
         self.started = time.monotonic()
         self.proc = subprocess.Popen([sys.executable, str(self.script)], cwd=workdir, env=env,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -145,7 +131,7 @@ class Run:
 @pytest.fixture(scope="module")
 def runs(gateway, tmp_path_factory):
     recorder_dir = tmp_path_factory.mktemp("guide-recorder")
-    (recorder_dir / "sitecustomize.py").write_text(SITECUSTOMIZE)
+    (recorder_dir / "sitecustomize.py").write_text(PYTHON_HTTPX_RECORDER)
     started = {}
     for block in PYTHON_BLOCKS:
         workdir = tmp_path_factory.mktemp("guide-" + block.id.replace("/", "-").replace("#", "-"))

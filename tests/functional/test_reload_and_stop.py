@@ -56,6 +56,28 @@ def test_a_three_minute_stream_and_a_request_flow_survive_reloads_and_a_broken_c
     assert audit({"the reload scenario's gateway": logs}, {MASTER_KEY, UPSTREAM_KEY}) == []
 
 
+def stream_in_background(url: str, model: str) -> tuple[dict, threading.Thread]:
+    """A stream read in a thread; returns once its first chunk is in. seen["lines"]: its lines, at the end."""
+    seen: dict = {}
+    first_chunk = threading.Event()
+
+    def stream():
+        with requests.post(f"{url}/v1/chat/completions", headers=AUTH, stream=True, timeout=(5, 30),
+                           json={"model": model, "stream": True,
+                                 "messages": [{"role": "user", "content": "go on"}]}) as response:
+            lines = []
+            for line in response.iter_lines():
+                if line:
+                    lines.append(line)
+                    first_chunk.set()
+            seen["lines"] = lines
+
+    thread = threading.Thread(target=stream, daemon=True)
+    thread.start()
+    assert first_chunk.wait(10)
+    return seen, thread
+
+
 def test_sigterm_drains_a_stream_and_writes_every_spend_row(start_gateway, upstream, tmp_path):
     gateway = start_gateway(f"""
 model_list:
@@ -69,23 +91,7 @@ model_list:
 general_settings:
   master_key: {MASTER_KEY}
 """, env={"TEST_UPSTREAM_KEY": UPSTREAM_KEY})
-    seen: dict = {}
-    first_chunk = threading.Event()
-
-    def stream():
-        with requests.post(f"{gateway.url}/v1/chat/completions", headers=AUTH, stream=True, timeout=(5, 30),
-                           json={"model": "slowish", "stream": True,
-                                 "messages": [{"role": "user", "content": "go on"}]}) as response:
-            lines = []
-            for line in response.iter_lines():
-                if line:
-                    lines.append(line)
-                    first_chunk.set()
-            seen["lines"] = lines
-
-    thread = threading.Thread(target=stream, daemon=True)
-    thread.start()
-    assert first_chunk.wait(10)
+    seen, thread = stream_in_background(gateway.url, "slowish")
     for _ in range(25):     # spend rows queued in both workers, not yet written (they go in batches)
         answer = requests.post(f"{gateway.url}/v1/chat/completions", headers={**AUTH, "Connection": "close"},
                                json={"model": "mock", "messages": [{"role": "user", "content": "row"}]}, timeout=10)
@@ -110,41 +116,25 @@ def test_a_stop_right_after_a_reload_is_heard_at_once_and_still_drains_the_strea
 model_list:
   - model_name: streamer
     litellm_params:
-      model: openai/slow-80-100
+      model: openai/slow-150-100
       api_base: {upstream.base_url}
       api_key: os.environ/TEST_UPSTREAM_KEY
 general_settings:
   master_key: {MASTER_KEY}
 """, env={"TEST_UPSTREAM_KEY": UPSTREAM_KEY})
-    seen: dict = {}
-    first_chunk = threading.Event()
-
-    def stream():
-        with requests.post(f"{gateway.url}/v1/chat/completions", headers=AUTH, stream=True, timeout=(5, 30),
-                           json={"model": "streamer", "stream": True,
-                                 "messages": [{"role": "user", "content": "go on"}]}) as response:
-            lines = []
-            for line in response.iter_lines():
-                if line:
-                    lines.append(line)
-                    first_chunk.set()
-            seen["lines"] = lines
-
-    thread = threading.Thread(target=stream, daemon=True)
-    thread.start()
-    assert first_chunk.wait(10)
+    seen, thread = stream_in_background(gateway.url, "streamer")
     gateway.reload()
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and gateway.logs().count('"event":"shutdown"') < 1:
         time.sleep(0.1)     # the idle old worker is gone: the reload is done, the streaming one drains
     stopped = time.monotonic()
     gateway.proc.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + 3
+    deadline = time.monotonic() + 5      # the stream has about 12 s left: the bug would wait that long
     while time.monotonic() < deadline and '"message":"Handling signal: term"' not in gateway.logs():
         time.sleep(0.05)
     assert '"message":"Handling signal: term"' in gateway.logs(), "the master did not hear the stop"
-    assert time.monotonic() - stopped < 3
+    assert time.monotonic() - stopped < 5
     assert gateway.proc.wait(timeout=30) == 0
     thread.join(10)
     assert seen["lines"][-1] == b"data: [DONE]"
-    assert sum(1 for line in seen["lines"] if b'"content"' in line) >= 80
+    assert sum(1 for line in seen["lines"] if b'"content"' in line) >= 150
