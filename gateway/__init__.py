@@ -120,7 +120,7 @@ def _metrics(settings, state):
         release = version("shin-gateway")
     except PackageNotFoundError:
         release = "unknown"
-    return Metrics(settings.deployments, state, release)
+    return Metrics(settings.deployments, state, release, settings.metrics_dir)
 
 
 def _prices(deployments) -> dict[str, tuple[float, float]]:

@@ -11,11 +11,8 @@ metric objects, after gunicorn has forked and set the directory.
 """
 from __future__ import annotations
 
-import os
-
 from .types import Deployment, RouterState, Trace
 
-MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
@@ -63,10 +60,11 @@ ERROR_TYPES = frozenset({"upstream_error", "upstream_timeout", "rate_limit_excee
 class Metrics:
     """Counts requests as they end; renders the Prometheus text for `GET /metrics`."""
 
-    def __init__(self, deployments: tuple[Deployment, ...], state: RouterState, version: str):
+    def __init__(self, deployments: tuple[Deployment, ...], state: RouterState, version: str,
+                 directory: str | None = None):
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-        self._directory = os.environ.get(MULTIPROC_ENV) or None
+        self._directory = directory   # None: this process's values only (no gunicorn master)
         self._registry = CollectorRegistry(auto_describe=False)
         self._deployments = deployments
         self._state = state

@@ -15,21 +15,17 @@ import ipaddress
 import logging
 import math
 import multiprocessing
-import os
 import shutil
 import signal
-import tempfile
-from pathlib import Path
 
 from gunicorn.glogging import Logger
 
 from .logging import LineFormatter
 from .logging import install as install_logging
-from .metrics import MULTIPROC_ENV
 from .providers import load_config
 from .redact import Redactor
-from .settings import (ConfigError, config_path_from_env, ensure_state_segment, remember_validated, state_segment_fd,
-                       validated_text)
+from .settings import (ConfigError, config_path_from_env, ensure_metrics_directory, ensure_state_segment,
+                       metrics_directory, own_metrics_directory, remember_validated, state_segment_fd, validated_text)
 from .store.shared_memory import create_segment, release_worker
 
 log = logging.getLogger("gateway.server")
@@ -64,7 +60,7 @@ def gunicorn_settings() -> dict:
     # Made before the first fork and kept across reloads: cooldowns and
     # in-flight counts survive a SIGHUP, and every worker shares one segment.
     ensure_state_segment(create_segment)
-    _prepare_metrics_directory()
+    ensure_metrics_directory()
     host = "0.0.0.0" if settings.master_key else "127.0.0.1"
     conf = {
         "bind": [f"{host}:{PORT}"],
@@ -113,34 +109,8 @@ def _install_logging(settings) -> None:
     install_logging(Redactor(settings.secrets), settings.log_level, settings.json_logs)
 
 
-def _prepare_metrics_directory() -> None:
-    """Once, in the master before the first fork: an empty directory for every worker's metric files.
-
-    An operator's PROMETHEUS_MULTIPROC_DIR (systemd's RuntimeDirectory) is
-    emptied of an earlier run's files; else the master makes its own in
-    /dev/shm and removes it at exit. Kept across reloads: counts survive a SIGHUP.
-    """
-    if os.environ.get(_OWN_METRICS_ENV) or (os.environ.get(MULTIPROC_ENV) and os.environ.get(_PREPARED_ENV)):
-        return
-    given = os.environ.get(MULTIPROC_ENV)
-    if given:
-        directory = Path(given)
-        directory.mkdir(parents=True, exist_ok=True)
-        for stale in directory.glob("*.db"):
-            stale.unlink()
-        os.environ[_PREPARED_ENV] = "1"
-        return
-    base = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
-    os.environ[MULTIPROC_ENV] = os.environ[_OWN_METRICS_ENV] = tempfile.mkdtemp(prefix="shin-gateway-metrics-",
-                                                                                 dir=base)
-
-
-_PREPARED_ENV = "SHIN_GATEWAY_METRICS_PREPARED"
-_OWN_METRICS_ENV = "SHIN_GATEWAY_METRICS_OWN_DIR"
-
-
 def _remove_metrics_directory(server) -> None:
-    own = os.environ.get(_OWN_METRICS_ENV)
+    own = own_metrics_directory()
     if own:
         shutil.rmtree(own, ignore_errors=True)
 
@@ -148,7 +118,7 @@ def _remove_metrics_directory(server) -> None:
 def _child_exited(server, worker) -> None:
     """In the master, after any worker exit (a SIGKILL included): its in-flight counts end with it."""
     _release_router_state(server, worker)
-    directory = os.environ.get(MULTIPROC_ENV)
+    directory = metrics_directory()
     if directory:
         from prometheus_client.multiprocess import mark_process_dead
         mark_process_dead(worker.pid, directory)   # its live gauges go; its counters stay, still summed

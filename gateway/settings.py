@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 import os
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Collection
@@ -39,6 +40,9 @@ AWS_ENV = {"aws_access_key_id": ("AWS_ACCESS_KEY_ID",), "aws_secret_access_key":
            "aws_session_token": ("AWS_SESSION_TOKEN",),
            "aws_region_name": ("AWS_REGION_NAME", "AWS_REGION", "AWS_DEFAULT_REGION")}
 STATE_FD_ENV = "SHIN_GATEWAY_STATE_FD"   # the shared router state the gunicorn master made (server.py)
+METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"   # prometheus-client's own name: every worker's metric files
+_METRICS_OWN_ENV = "SHIN_GATEWAY_METRICS_OWN_DIR"       # set when the master made that directory itself
+_METRICS_PREPARED_ENV = "SHIN_GATEWAY_METRICS_PREPARED"  # set once the master emptied an operator's one
 HEAD_TIMEOUT = 10.0   # seconds for a request line and headers to arrive
 BODY_TIMEOUT = 30.0   # seconds for the body to arrive once the head has
 
@@ -181,6 +185,7 @@ class Settings:
     request_timeout: float = 600.0   # the longest a request, or a stream, may run in total
     worker_connections: int = 1000
     state_fd: int | None = None     # shared-memory router state inherited from the gunicorn master
+    metrics_dir: str | None = None  # every worker's metric files, prepared by the gunicorn master
     secrets: tuple[str, ...] = field(default=(), repr=False)   # every credential, for redaction
     warnings: tuple[str, ...] = ()
 
@@ -212,6 +217,38 @@ def ensure_state_segment(create) -> None:
     """In the gunicorn master, once: make the shared router state the workers it forks inherit."""
     if not os.environ.get(STATE_FD_ENV):
         os.environ[STATE_FD_ENV] = str(create())
+
+
+def ensure_metrics_directory() -> None:
+    """In the gunicorn master, once, before the first fork: an empty directory for the workers' metric files.
+
+    An operator's PROMETHEUS_MULTIPROC_DIR (systemd's RuntimeDirectory) is
+    emptied of an earlier run's files; without one the master makes its own in
+    /dev/shm (removed at exit, own_metrics_directory). Kept across reloads: counts survive a SIGHUP.
+    """
+    if os.environ.get(_METRICS_OWN_ENV) or os.environ.get(_METRICS_PREPARED_ENV):
+        return
+    given = os.environ.get(METRICS_DIR_ENV)
+    if given:
+        directory = Path(given)
+        directory.mkdir(parents=True, exist_ok=True)
+        for stale in directory.glob("*.db"):
+            stale.unlink()
+        os.environ[_METRICS_PREPARED_ENV] = "1"
+        return
+    base = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+    made = tempfile.mkdtemp(prefix="shin-gateway-metrics-", dir=base)
+    os.environ[METRICS_DIR_ENV] = os.environ[_METRICS_OWN_ENV] = made
+
+
+def metrics_directory(environ=None) -> str | None:
+    """Where the workers' metric files are (None: not under the gunicorn master, values stay in-process)."""
+    return (os.environ if environ is None else environ).get(METRICS_DIR_ENV) or None
+
+
+def own_metrics_directory() -> str | None:
+    """The metrics directory the master made itself, to remove at exit."""
+    return os.environ.get(_METRICS_OWN_ENV) or None
 
 
 def state_segment_fd(environ=None) -> int | None:
@@ -429,6 +466,7 @@ def _build(config_path: Path, data: dict, lines: dict, providers, needs_api_base
         request_timeout=litellm["request_timeout"],
         worker_connections=_int_env(env, "SHIN_GATEWAY_WORKER_CONNECTIONS", 1000),
         state_fd=state_segment_fd(env),
+        metrics_dir=metrics_directory(env),
         secrets=tuple(sorted({s for s in secrets if s and len(s) >= 4}, key=len, reverse=True)),
         warnings=tuple(f"environment variable {name} is not set or empty" for name in dict.fromkeys(missing.values())),
     )
