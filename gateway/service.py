@@ -13,10 +13,9 @@ from .keys import KeyChecker
 from .limits import Limiter, Ticket
 from .routing import Router
 from .settings import Settings
-from .types import ChunkStream, Completion, Deployment, ModelRequest, Principal, RouterState, SpendRow, Trace, Usage
+from .types import (CLIENT_GONE, MODEL_ROUTE, PROBE_ROUTE, ChunkStream, Completion, Deployment, ModelRequest, Principal,
+                    RouterState, SpendRow, Trace, Usage)
 
-CLIENT_GONE = 499      # the status a spend row records when the client hung up before the answer
-MODEL, PROBE, OTHER = "model", "probe", "other"   # kinds of route, for the metrics and the request log
 
 
 class Service:
@@ -101,17 +100,17 @@ class Service:
     # --- each request's end: metrics and its log line ---------------------------------------
 
     def request_started(self, kind: str) -> None:
-        if kind == MODEL and self._metrics is not None:
+        if kind == MODEL_ROUTE and self._metrics is not None:
             self._metrics.request_started()
 
     def request_finished(self, trace: Trace, method: str, path: str, status: int, kind: str) -> None:
         """The request is over (its answer built, its stream closed, or its client gone): count it, log it."""
         ended = time.monotonic()
-        if kind == MODEL and self._metrics is not None:
+        if kind == MODEL_ROUTE and self._metrics is not None:
             self._metrics.request_finished(trace, status, ended)
         log = self._request_log
-        if log is not None and log.enabled(kind == PROBE):
-            log.write(trace, method, path, status, ended, quiet=kind == PROBE)
+        if log is not None and log.enabled(kind == PROBE_ROUTE):
+            log.write(trace, method, path, status, ended, quiet=kind == PROBE_ROUTE)
 
     def stream_started(self) -> None:
         if self._metrics is not None:

@@ -119,6 +119,11 @@ class ChunkStream(Protocol):
     def close(self) -> None: ...
 
 
+CLIENT_GONE = 499      # the status of a request whose client hung up before its answer (spend rows, metrics)
+# Kinds of route, for the metrics and the request log: model calls are counted, probes logged quietly.
+MODEL_ROUTE, PROBE_ROUTE, OTHER_ROUTE = "model", "probe", "other"
+
+
 @dataclass(slots=True)
 class Trace:
     """One request as it goes: the `x-litellm-*` headers, the metrics and the request's log line read it."""

@@ -11,11 +11,9 @@ import uuid
 
 from flask import Flask, Response, g, request
 
-from ..types import Trace
+from ..types import CLIENT_GONE, MODEL_ROUTE, OTHER_ROUTE, PROBE_ROUTE, Trace
 from .auth import service
 
-CLIENT_GONE = 499
-MODEL, PROBE, OTHER = "model", "probe", "other"
 MODEL_BLUEPRINTS = frozenset({"chat", "completions", "embeddings"})
 PROBES = frozenset({"health.liveliness", "health.readiness", "metrics.metrics"})
 
@@ -25,15 +23,15 @@ def route_kinds(app: Flask) -> dict[str, str]:
     kinds = {}
     for rule in app.url_map.iter_rules():
         blueprint = rule.endpoint.partition(".")[0].removesuffix("_v1")
-        kinds[rule.endpoint] = (MODEL if blueprint in MODEL_BLUEPRINTS and not rule.endpoint.endswith(".models")
-                                else PROBE if rule.endpoint in PROBES else OTHER)
+        kinds[rule.endpoint] = (MODEL_ROUTE if blueprint in MODEL_BLUEPRINTS and not rule.endpoint.endswith(".models")
+                                else PROBE_ROUTE if rule.endpoint in PROBES else OTHER_ROUTE)
     return kinds
 
 
 def begin(client_request_id: str | None, kinds: dict[str, str]) -> None:
     g.started = started = time.monotonic()
     g.request_id = request_id = client_request_id or uuid.uuid4().hex
-    g.kind = kind = OTHER if request.method == "OPTIONS" else kinds.get(request.endpoint, OTHER)
+    g.kind = kind = OTHER_ROUTE if request.method == "OPTIONS" else kinds.get(request.endpoint, OTHER_ROUTE)
     g.trace = Trace(started=started, request_id=request_id)
     service().request_started(kind)
 
