@@ -479,26 +479,21 @@ def test_each_cooldown_started_is_reported_once_and_each_failed_attempt_is_trace
     from gateway.routing import Router
     from gateway.types import RouterSettings
     a = deployment("a")
-    router = Router((a, deployment("b")), RouterSettings(num_retries=1, allowed_fails=2, cooldown_time=30.0), state,
+    router = Router((a,), RouterSettings(num_retries=1, allowed_fails=2, cooldown_time=30.0), state,
                     sleep=clock.sleep, clock=clock.monotonic, wall=clock.wall,
                     on_cooldown=lambda d, cooldown, error: reported.append((d.id, error.code)))
-    upstreams = Upstreams({"a": [failed(), failed(), failed()], "b": [failed()]})
-    traces = []
-    for _ in range(3):
-        trace = Trace()
-        try:
-            router.call("g", upstreams, trace)
-        except GatewayError:
-            pass
-        traces.append(trace)
-    planned = {"a": 3, "b": 1}                # failures each deployment answers with, in call order
-    failing_calls = []
-    for name in upstreams.calls:
-        if planned[name]:
-            planned[name] -= 1
-            failing_calls.append(name)
-    traced = [(name, type(error)) for t in traces for name, error in t.failures or ()]
-    assert traced == [(name, UpstreamFailed) for name in failing_calls] and len(traced) >= 3
-    assert reported.count(("a", "upstream_error")) == 1        # the second failure cooled it: said once
-    router.note_probe(a, UpstreamFailed("probe failed"))        # a probe of a cooling deployment: no new report
-    assert reported.count(("a", "upstream_error")) == 1
+    upstreams = Upstreams({"a": [failed(), failed()]})
+    first = Trace()
+    with pytest.raises(UpstreamFailed):
+        router.call("g", upstreams, first)          # the attempt and its retry both fail: the second cools it
+    assert [(name, type(error)) for name, error in first.failures] == [("a", UpstreamFailed)] * 2
+    assert reported == [("a", "upstream_error")]
+    second = Trace()
+    with pytest.raises(NoHealthyDeployment):
+        router.call("g", upstreams, second)         # cooling: no attempt, nothing failed upstream
+    assert second.failures is None
+    router.note_probe(a, UpstreamFailed("probe failed"))   # a probe of a cooling deployment: no new report
+    assert reported == [("a", "upstream_error")]
+    clock.advance(31)
+    router.note_probe(a, UpstreamFailed("probe failed"))   # cooled down, then a failed probe: a new cooldown
+    assert reported == [("a", "upstream_error")] * 2
