@@ -162,11 +162,24 @@ class _Server(PyWSGIServer):
     def begin_stop(self) -> None:
         self.stopping = True
         self.stop_accepting()
-        hub = gevent.get_hub()
+        loop = gevent.get_hub().loop
         for sock in list(self.waiting):
-            # Throws only if the handler still waits on this read (gevent checks
-            # when it delivers), so a request that just arrived is never cut.
-            hub.cancel_wait(sock._read_event, _Stopping())
+            loop.run_callback(self._stop_waiting, sock)
+
+    def _stop_waiting(self, sock) -> None:
+        """In the hub: wake a handler still waiting for its next request line, and no other.
+
+        gevent's own cancel_wait checks only that the socket's read watcher is
+        active when it delivers; a handler whose request line arrived in the
+        meantime waits on that same watcher for the request's body, and would
+        get the exception there (a 500). Here the check and the throw happen
+        in one hub callback, with no handler running in between.
+        """
+        watcher = sock._read_event
+        if sock in self.waiting and watcher.active:
+            handler = getattr(watcher.callback, "__self__", None)
+            if handler is not None:
+                handler.throw(_Stopping())
 
 
 class _Handler(PyWSGIHandler):
