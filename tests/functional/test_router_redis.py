@@ -173,6 +173,9 @@ def test_redis_stopped_mid_test_leaves_both_instances_serving_on_local_state(fak
         status, body = readiness(gateway)
         assert status == 200, body
         logs = gateway.logs()
-        assert logs.count("is unreachable") == 2, logs       # one warning per worker, for the whole outage
+        # one warning per worker and per part (router state; key limits, when a probe asked them), for the
+        # whole outage: whether a worker's limits were asked while Redis was down depends on the probes' timing
+        assert logs.count("serving on this instance's router state") == 2, logs
+        assert logs.count("key limits are enforced per instance") <= 2, logs
         assert logs.count("is reachable again") == 2, logs
         assert PASSWORD not in logs
